@@ -1,0 +1,144 @@
+"""Which database pgbg uses, and connections to it.
+
+Resolution order: ``configure(url=... | engine=...)`` > ``PGBG_DATABASE_URL`` >
+``DATABASE_URL`` > the user's embedded server (started on first use).
+
+Fork safety: a forked child must never use, or even close, a connection it inherited —
+closing one sends a Terminate message on the parent's socket. Connections cached here are
+per process; in a child the inherited ones are parked (kept referenced, never closed) and
+fresh ones are opened on demand.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from pgbg.exceptions import DatabaseUnavailable, SchemaMissing
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+_explicit_url: str | None = None
+_resolved_url: str | None = None
+_lock = threading.Lock()
+_shared: psycopg.Connection[Any] | None = None
+_shared_pid: int | None = None
+_inherited: list[Any] = []  # connections a forked child must keep but never touch
+
+
+def configure(url: str | None = None, *, engine: Engine | None = None) -> None:
+    """Point pgbg at a database explicitly (a URL, or the application's SQLAlchemy engine).
+
+    Call with no arguments to go back to the environment / embedded default.
+    """
+    global _explicit_url, _resolved_url
+    if url is not None and engine is not None:
+        from pgbg.exceptions import ConfigurationError
+
+        raise ConfigurationError("pass either url= or engine=, not both")
+    if engine is not None:
+        url = engine.url.render_as_string(hide_password=False)
+    with _lock:
+        _explicit_url = libpq_url(url) if url else None
+        _resolved_url = None
+        _drop_shared()
+
+
+def libpq_url(url: str) -> str:
+    """Accept SQLAlchemy-style URLs too (``postgresql+psycopg://``)."""
+    return re.sub(r"^postgres(?:ql)?\+\w+://", "postgresql://", url)
+
+
+def database_url() -> str:
+    """The URL pgbg connects to, starting the embedded server if that is the choice."""
+    global _resolved_url
+    if _explicit_url:
+        return _explicit_url
+    env = os.environ.get("PGBG_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if env:
+        return libpq_url(env)
+    if _resolved_url is None:
+        from pgbg import embedded
+
+        srv, _started = embedded.ensure_running()
+        _resolved_url = srv.url
+    return _resolved_url
+
+
+def url_source() -> str:
+    if _explicit_url:
+        return "configure()"
+    if os.environ.get("PGBG_DATABASE_URL"):
+        return "PGBG_DATABASE_URL"
+    if os.environ.get("DATABASE_URL"):
+        return "DATABASE_URL"
+    return "embedded"
+
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>://[^:/?#@]*):(?P<pw>[^@/?#]*)@")
+_PASSWORD_PARAM = re.compile(r"(?P<head>(?:^|[?&\s])password=)(?P<pw>[^&\s]*)", re.I)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***``; safe to print and log."""
+    url = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}:***@" if m["pw"] else m[0], url)
+    return _PASSWORD_PARAM.sub(lambda m: f"{m['head']}***", url)
+
+
+def connect(url: str | None = None, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A new connection; failures become ``DatabaseUnavailable`` naming the masked URL."""
+    target = url or database_url()
+    try:
+        return psycopg.connect(target, autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnavailable(
+            f"cannot connect to {mask_url(target)}: {mask_url(reason)}"
+        ) from exc
+
+
+def _drop_shared() -> None:
+    global _shared, _shared_pid
+    if _shared is not None and _shared_pid == os.getpid():
+        _shared.close()
+    elif _shared is not None:
+        _inherited.append(_shared)
+    _shared, _shared_pid = None, None
+
+
+@contextmanager
+def shared_connection() -> Iterator[psycopg.Connection[Any]]:
+    """This process's cached autocommit connection (reopened if it broke), one user at a time."""
+    global _shared, _shared_pid
+    with _lock:
+        if _shared_pid != os.getpid() or _shared is None or _shared.closed or _shared.broken:
+            _drop_shared()
+            _shared, _shared_pid = connect(), os.getpid()
+        try:
+            yield _shared
+        except psycopg.errors.UndefinedTable as exc:
+            raise SchemaMissing() from exc
+        except psycopg.errors.InvalidSchemaName as exc:
+            raise SchemaMissing() from exc
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(
+                f"lost the connection to {mask_url(database_url())}: {exc}"
+            ) from exc
+
+
+def _after_fork_in_child() -> None:
+    global _shared, _shared_pid, _lock
+    _lock = threading.Lock()
+    if _shared is not None:
+        _inherited.append(_shared)
+    _shared, _shared_pid = None, None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,82 @@
+"""Plain data: task states and the rows pgbg hands back to callers."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class TaskStatus(enum.StrEnum):
+    """The life of a task. The database enum ``pgbg.task_status`` has the same values."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TERMINATED = "terminated"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (TaskStatus.QUEUED, TaskStatus.RUNNING)
+
+
+TERMINAL_STATUSES = tuple(s for s in TaskStatus if s.is_terminal)
+
+
+@dataclass(frozen=True)
+class BackgroundTask:
+    """One row of ``pgbg.task``; attribute names are the column names."""
+
+    id: uuid.UUID
+    task_type: str
+    func: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    priority: int
+    status: TaskStatus
+    num_proc: int
+    num_of_task_type: dict[str, int]
+    queued_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    worker_id: uuid.UUID | None = None
+    hostname: str | None = None
+    pid: int | None = None
+    attempt: int = 0
+    exit_code: int | None = None
+    signal: int | None = None
+    info: str | None = None
+    error: str | None = None
+    result: Any = None
+    complete: bool = False
+    completed_successfully: bool = False
+
+    # Names the original module used, so code written against it keeps working.
+    @property
+    def uuid(self) -> str:
+        return str(self.id)
+
+    @property
+    def proc_id(self) -> int | None:
+        return self.pid
+
+
+@dataclass(frozen=True)
+class QueuedTask:
+    """A task still waiting, as ``get_queued_tasks`` reports it."""
+
+    task_id: str
+    task_type: str
+    queue_position: int  # 1-based, in the order workers consider the queue
+    priority: int
+    queued_at: datetime
+    waiting_for: list[str] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        """Why it still waits: the limits that block it, else a free worker slot."""
+        return "; ".join(self.waiting_for) or "a free worker slot"

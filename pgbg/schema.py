@@ -1,0 +1,116 @@
+"""The pgbg schema as SQLAlchemy metadata: the one source the migrations are checked against.
+
+Runtime code never imports this module (the worker talks to psycopg directly, keeping
+the process that forks small); Alembic and the schema tests do.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Computed,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+from pgbg.models import TaskStatus
+
+SCHEMA = "pgbg"
+metadata = MetaData(schema=SCHEMA)
+
+task_status = Enum(
+    *[s.value for s in TaskStatus], name="task_status", schema=SCHEMA, metadata=metadata
+)
+
+# complete / completed_successfully are derived from status by the database itself,
+# so they can never disagree with it.
+_TERMINAL = "status <> 'queued'::pgbg.task_status AND status <> 'running'::pgbg.task_status"
+_LIMITED = "num_proc > 0 OR num_of_task_type <> '{}'::jsonb"
+
+task = Table(
+    "task",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("task_type", Text, nullable=False),
+    Column("func", Text, nullable=False),
+    Column("args", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("kwargs", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("status", task_status, nullable=False, server_default=text("'queued'")),
+    Column("num_proc", Integer, nullable=False, server_default=text("0")),
+    Column("num_of_task_type", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("queued_at", DateTime(timezone=True), nullable=False,
+           server_default=text("clock_timestamp()")),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("worker_id", UUID(as_uuid=True)),
+    Column("hostname", Text),
+    Column("pid", Integer),
+    Column("attempt", Integer, nullable=False, server_default=text("0")),
+    Column("exit_code", Integer),
+    Column("signal", Integer),
+    Column("info", Text),
+    Column("error", Text),
+    Column("result", JSONB),
+    Column("complete", Boolean, Computed(_TERMINAL, persisted=True), nullable=False),
+    Column("completed_successfully", Boolean,
+           Computed("status = 'succeeded'::pgbg.task_status", persisted=True), nullable=False),
+    # Partial indexes over the live states only, so claiming and limit checks cost the
+    # same whether the table holds a hundred finished tasks or ten million.
+    Index("task_claim_idx", text("priority DESC"), "queued_at", "id",
+          postgresql_where=text("status = 'queued'")),
+    Index("task_claim_limited_idx", text("priority DESC"), "queued_at", "id",
+          postgresql_where=text(f"status = 'queued' AND ({_LIMITED})")),
+    Index("task_running_idx", "task_type", "worker_id",
+          postgresql_where=text("status = 'running'")),
+    Index("task_finished_at_idx", "finished_at",
+          postgresql_where=text("finished_at IS NOT NULL")),
+)
+
+task_log = Table(
+    "task_log",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("task_id", UUID(as_uuid=True), ForeignKey("pgbg.task.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False,
+           server_default=text("clock_timestamp()")),
+    Column("level", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Index("task_log_task_idx", "task_id", "id"),
+)
+
+task_link = Table(
+    "task_link",
+    metadata,
+    Column("task_id", UUID(as_uuid=True), ForeignKey("pgbg.task.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    PrimaryKeyConstraint("task_id", "kind", "key"),
+    Index("task_link_object_idx", "kind", "key"),
+)
+
+worker = Table(
+    "worker",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("hostname", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False,
+           server_default=text("now()")),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False,
+           server_default=text("now()")),
+)
