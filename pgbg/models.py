@@ -52,6 +52,8 @@ class BackgroundTask:
     info: str | None = None
     error: str | None = None
     result: Any = None
+    cancel_requested_at: datetime | None = None
+    cancel_requested_by: str | None = None
     complete: bool = False
     completed_successfully: bool = False
 

@@ -63,6 +63,8 @@ task = Table(
     Column("info", Text),
     Column("error", Text),
     Column("result", JSONB),
+    Column("cancel_requested_at", DateTime(timezone=True)),
+    Column("cancel_requested_by", Text),
     Column("complete", Boolean, Computed(_TERMINAL, persisted=True), nullable=False),
     Column("completed_successfully", Boolean,
            Computed("status = 'succeeded'::pgbg.task_status", persisted=True), nullable=False),

@@ -38,7 +38,8 @@ BEGIN
         UPDATE pgbg.task t
            SET status = 'running', started_at = clock_timestamp(), finished_at = NULL,
                worker_id = p_worker_id, hostname = p_hostname, attempt = t.attempt + 1,
-               pid = NULL, exit_code = NULL, signal = NULL, error = NULL, result = NULL
+               pid = NULL, exit_code = NULL, signal = NULL, error = NULL, result = NULL,
+               cancel_requested_at = NULL, cancel_requested_by = NULL
           FROM (SELECT id FROM pgbg.task
                  WHERE status = 'queued' AND num_proc = 0 AND num_of_task_type = '{}'::jsonb
                  ORDER BY priority DESC, queued_at, id
@@ -76,7 +77,8 @@ BEGIN
         UPDATE pgbg.task
            SET status = 'running', started_at = clock_timestamp(), finished_at = NULL,
                worker_id = p_worker_id, hostname = p_hostname, attempt = attempt + 1,
-               pid = NULL, exit_code = NULL, signal = NULL, error = NULL, result = NULL
+               pid = NULL, exit_code = NULL, signal = NULL, error = NULL, result = NULL,
+               cancel_requested_at = NULL, cancel_requested_by = NULL
          WHERE id = v_task.id
         RETURNING * INTO v_task;
         RETURN NEXT v_task;
@@ -145,6 +147,8 @@ def upgrade() -> None:
     sa.Column('info', sa.Text(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('result', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+    sa.Column('cancel_requested_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('cancel_requested_by', sa.Text(), nullable=True),
     sa.Column('complete', sa.Boolean(), sa.Computed("status <> 'queued'::pgbg.task_status AND status <> 'running'::pgbg.task_status", persisted=True), nullable=False),
     sa.Column('completed_successfully', sa.Boolean(), sa.Computed("status = 'succeeded'::pgbg.task_status", persisted=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),

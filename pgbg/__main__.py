@@ -1,0 +1,3 @@
+from pgbg.cli import main
+
+main()

@@ -1,0 +1,355 @@
+"""The public API: queue functions, look at the queue, wait for and cancel tasks.
+
+Everything is validated before anything is written: bad input raises a specific
+``PgbgError`` (also a ``TypeError``/``ValueError`` where that is what it is) and leaves
+the database untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import socket
+import time
+import types
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from pgbg import db, notify, queries
+from pgbg.exceptions import (
+    InvalidOption,
+    InvalidTaskFunction,
+    InvalidTaskId,
+    NotSerializable,
+    TaskAlreadyStarted,
+    TaskFailed,
+    TaskNotFound,
+)
+from pgbg.models import BackgroundTask, QueuedTask, TaskStatus
+
+WAIT_POLL_INTERVAL = 5.0  # the fallback when a completion NOTIFY is missed
+TaskRef = "Result | BackgroundTask | QueuedTask | uuid.UUID | str"
+
+
+@dataclass(frozen=True)
+class Result:
+    """A handle on a queued task. ``id`` is the task id."""
+
+    id: uuid.UUID
+
+    @property
+    def status(self) -> TaskStatus:
+        return self.task().status
+
+    def task(self) -> BackgroundTask:
+        """The task's row as it is now."""
+        return get_task(self.id)
+
+    def wait(self, timeout: float | None = None) -> BackgroundTask:
+        return wait_task(self, timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Wait for the task; return its return value, or raise ``TaskFailed``."""
+        task = wait_task(self, timeout)
+        if task.status is not TaskStatus.SUCCEEDED:
+            raise TaskFailed(f"task {task.id} {task.status.value}: {_first_line(task.error)}",
+                             status=task.status.value, error=task.error)
+        return task.result
+
+
+def _first_line(error: str | None) -> str:
+    lines = [line for line in (error or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no error recorded"
+
+
+# -- enqueue ------------------------------------------------------------------------
+
+def enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
+            kwargs: Mapping[str, Any] | None = None, *, task_type: str, priority: int = 0,
+            num_proc: int = 0, num_of_task_type: Mapping[str, int] | None = None,
+            connection: Any = None) -> Result:
+    """Queue ``func(*args, **kwargs)``; the full form of every option.
+
+    ``connection``: a psycopg connection, a SQLAlchemy ``Connection`` or ``Session``, or
+    any DBAPI connection. The task is then inserted in that transaction and exists only if
+    it commits; otherwise pgbg commits it at once on its own connection.
+    """
+    params = {
+        "id": str(uuid.uuid4()),
+        "func": function_name(func),
+        "task_type": _task_type(task_type),
+        "priority": _int("priority", priority),
+        "num_proc": _int("num_proc", num_proc, minimum=0),
+        "num_of_task_type": _json(_type_limits(num_of_task_type), "num_of_task_type"),
+        "args": _json_args(args),
+        "kwargs": _json_kwargs(kwargs),
+    }
+    if connection is None:
+        with db.shared_connection() as conn:
+            queries.task_insert(lambda sql, p: conn.execute(sql, p), params)
+    else:
+        queries.task_insert(_executor(connection), params)
+    return Result(uuid.UUID(params["id"]))
+
+
+def run_in_background_with_limits(func: Callable[..., Any] | str, task_type: str, num_proc: int,
+                                  num_of_task_type: Mapping[str, int] | None, *args: Any,
+                                  **kwargs: Any) -> Result:
+    """Queue ``func(*args, **kwargs)`` to start only while its limits allow.
+
+    ``num_proc``: fewer than this many tasks of any type running (0 = no limit).
+    ``num_of_task_type``: ``{type: n}``, fewer than ``n`` tasks of ``type`` running.
+    ``priority=`` (higher first) is taken out of ``kwargs``.
+    """
+    priority = kwargs.pop("priority", 0)
+    return enqueue(func, args, kwargs, task_type=task_type, priority=priority,
+                   num_proc=num_proc, num_of_task_type=num_of_task_type)
+
+
+def run_in_background(func: Callable[..., Any] | str, task_type: str, *args: Any,
+                      **kwargs: Any) -> Result:
+    """Queue ``func(*args, **kwargs)`` to run as soon as a worker slot is free."""
+    return run_in_background_with_limits(func, task_type, 0, None, *args, **kwargs)
+
+
+def function_name(func: Callable[..., Any] | str) -> str:
+    """``module:qualname`` of a module-level function, or a clear ``InvalidTaskFunction``."""
+    if isinstance(func, str):
+        module, sep, qualname = func.partition(":")
+        if not (sep and module and qualname and all(
+                part.isidentifier() for part in [*module.split("."), *qualname.split(".")])):
+            raise InvalidTaskFunction(
+                f"{func!r} is not of the form 'package.module:function'")
+        return func
+    if inspect.ismethod(func):
+        raise InvalidTaskFunction(
+            f"{func.__qualname__} is a bound method; queue a module-level function instead")
+    if not isinstance(func, types.FunctionType):
+        raise InvalidTaskFunction(
+            f"{func!r} is not a function; queue a module-level function")
+    name = f"{func.__module__}:{func.__qualname__}"
+    if func.__name__ == "<lambda>":
+        raise InvalidTaskFunction("a lambda cannot be imported by a worker; "
+                                  "queue a module-level function")
+    if "<locals>" in func.__qualname__:
+        raise InvalidTaskFunction(f"{func.__qualname__} is defined inside a function; "
+                                  "a worker can only import module-level functions")
+    if func.__module__ == "__main__":
+        raise InvalidTaskFunction(f"{func.__qualname__} is defined in __main__, which a worker "
+                                  "cannot import; move it into a module")
+    return name
+
+
+def _task_type(task_type: object) -> str:
+    if not isinstance(task_type, str) or not task_type.strip():
+        raise InvalidOption(f"task_type must be a non-empty string, not {task_type!r}")
+    return task_type
+
+
+def _int(name: str, value: object, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOption(f"{name} must be an int, not {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise InvalidOption(f"{name} must be >= {minimum}, not {value}")
+    return value
+
+
+def _type_limits(limits: object) -> dict[str, int]:
+    if limits is None:
+        return {}
+    if not isinstance(limits, Mapping):
+        raise InvalidOption("num_of_task_type must be a dict of {task_type: int}, "
+                            f"not {type(limits).__name__}")
+    for key, value in limits.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidOption(f"num_of_task_type keys must be task type names, not {key!r}")
+        _int(f"num_of_task_type[{key!r}]", value, minimum=1)
+    return dict(limits)
+
+
+def _json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise NotSerializable(
+            f"{what} ({type(value).__name__}) is not JSON-serialisable: {exc}") from exc
+
+
+def _json_args(args: object) -> str:
+    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+        raise InvalidOption(f"args must be a list or tuple, not {type(args).__name__}")
+    for index, value in enumerate(args):
+        _json(value, f"positional argument {index}")
+    return _json(list(args), "args")
+
+
+def _json_kwargs(kwargs: object) -> str:
+    if kwargs is None:
+        return "{}"
+    if not isinstance(kwargs, Mapping):
+        raise InvalidOption(f"kwargs must be a dict, not {type(kwargs).__name__}")
+    for key, value in kwargs.items():
+        if not isinstance(key, str):
+            raise InvalidOption(f"keyword argument names must be strings, not {key!r}")
+        _json(value, f"keyword argument {key!r}")
+    return _json(dict(kwargs), "kwargs")
+
+
+def _executor(connection: Any) -> queries.Executor:
+    """Run pgbg's statement inside the caller's transaction, whatever the connection type."""
+    if isinstance(connection, psycopg.Connection):
+        return lambda sql, params: connection.execute(sql, params)
+    if hasattr(connection, "exec_driver_sql"):  # SQLAlchemy Connection
+        return lambda sql, params: connection.exec_driver_sql(sql, dict(params))
+    if hasattr(connection, "get_bind") and hasattr(connection, "connection"):  # ORM Session
+        return lambda sql, params: connection.connection().exec_driver_sql(sql, dict(params))
+    if hasattr(connection, "cursor"):  # any other DBAPI connection (psycopg2, …)
+        def execute(sql: str, params: Mapping[str, Any]) -> None:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(sql, dict(params))
+            finally:
+                cursor.close()
+        return execute
+    raise InvalidOption(f"connection= must be a database connection or SQLAlchemy session, "
+                        f"not {type(connection).__name__}")
+
+
+# -- reading tasks ------------------------------------------------------------------
+
+def task_id(task: object) -> uuid.UUID:
+    """The id of a ``Result``, ``BackgroundTask``, ``QueuedTask``, UUID or id string."""
+    if isinstance(task, (Result, BackgroundTask)):
+        return task.id
+    if isinstance(task, QueuedTask):
+        task = task.task_id
+    if isinstance(task, uuid.UUID):
+        return task
+    if isinstance(task, str):
+        try:
+            return uuid.UUID(task)
+        except ValueError:
+            raise InvalidTaskId(f"{task!r} is not a task id (a UUID)") from None
+    raise InvalidTaskId(f"expected a task or task id, not {type(task).__name__}")
+
+
+def get_task(task: object) -> BackgroundTask:
+    """The task's row; ``TaskNotFound`` if there is none."""
+    tid = task_id(task)
+    with db.shared_connection() as conn:
+        row = queries.task_get(conn, tid)
+    if row is None:
+        raise TaskNotFound(f"no task with id {tid}")
+    return row
+
+
+def wait_task(task: object, timeout: float | None = None) -> BackgroundTask:
+    """Block until the task is complete and return its row; ``TimeoutError`` on timeout.
+
+    Woken by the completion NOTIFY; re-reads the row every few seconds as well, so a
+    missed notification or a reconnect costs latency only.
+    """
+    tid = task_id(task)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            return _wait_on_connection(tid, deadline)
+        except psycopg.OperationalError:
+            _sleep_until_retry(deadline, tid)
+
+
+def _wait_on_connection(tid: uuid.UUID, deadline: float | None) -> BackgroundTask:
+    with db.connect() as conn:
+        notify.listen(conn, notify.DONE)  # listen first, then look: nothing slips between
+        while True:
+            row = queries.task_get(conn, tid)
+            if row is None:
+                raise TaskNotFound(f"no task with id {tid}")
+            if row.status.is_terminal:
+                return row
+            remaining = WAIT_POLL_INTERVAL
+            if deadline is not None:
+                remaining = min(remaining, deadline - time.monotonic())
+                if remaining <= 0:
+                    raise TimeoutError(f"task {tid} did not complete in time "
+                                       f"(status: {row.status.value})")
+            for note in conn.notifies(timeout=remaining):
+                if note.payload == str(tid):
+                    break
+
+
+def _sleep_until_retry(deadline: float | None, tid: uuid.UUID) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise TimeoutError(f"task {tid} did not complete in time (database unreachable)")
+    time.sleep(0.5)  # backoff before reconnecting, not synchronisation
+
+
+def get_queued_tasks(task_type: str | None = None) -> list[QueuedTask]:
+    """Waiting tasks in the order workers consider them, with what each waits for.
+
+    ``task_type`` matches exactly. ``queue_position`` is the 1-based place in the whole
+    queue, so it means the same with or without the filter.
+    """
+    with db.shared_connection() as conn, conn.transaction():
+        queued = queries.task_list_queued(conn)
+        running = queries.task_count_running(conn)
+    total = sum(running.values())
+    waiting = []
+    for position, task in enumerate(queued, start=1):
+        if task_type is not None and task.task_type != task_type:
+            continue
+        blocked_by = []
+        if task.num_proc and total >= task.num_proc:
+            blocked_by.append(f"num_proc: {total} tasks running, limit {task.num_proc}")
+        for other_type, limit in task.num_of_task_type.items():
+            if running.get(other_type, 0) >= limit:
+                blocked_by.append(f"{other_type}: {running[other_type]} running, limit {limit}")
+        waiting.append(QueuedTask(task_id=str(task.id), task_type=task.task_type,
+                                  queue_position=position, priority=task.priority,
+                                  queued_at=task.queued_at, waiting_for=blocked_by))
+    return waiting
+
+
+def remove_task_from_queue(task: object) -> None:
+    """Remove a task that has not started (it ends as ``cancelled``).
+
+    Raises ``TaskAlreadyStarted`` if it started, ``TaskNotFound`` if there is no such task.
+    """
+    tid = task_id(task)
+    with db.shared_connection() as conn:
+        if queries.task_cancel_queued(conn, tid, "removed from the queue"):
+            return
+        status = queries.task_status(conn, tid)
+    if status is None:
+        raise TaskNotFound(f"no task with id {tid}")
+    raise TaskAlreadyStarted(f"task {tid} already started (status: {status.value})")
+
+
+def terminate_background(task: object, *, wait: bool = True,
+                         timeout: float | None = None) -> BackgroundTask:
+    """Stop a task, wherever its worker runs, and return its row afterwards.
+
+    Queued: cancelled at once. Running: marked for termination and its worker told; the
+    worker confirms against the row, SIGTERMs the task's process group and SIGKILLs it
+    after a grace period. With ``wait`` (the default) this returns once the row is
+    terminal (``TimeoutError`` after ``timeout``). A finished task is left as it is.
+    """
+    tid = task_id(task)
+    with db.shared_connection() as conn:
+        if not queries.task_cancel_queued(conn, tid, "terminated before it started"):
+            queries.task_request_cancel(conn, tid, _requester())
+        row = queries.task_get(conn, tid)
+    if row is None:
+        raise TaskNotFound(f"no task with id {tid}")
+    if wait and not row.status.is_terminal:
+        return wait_task(tid, timeout)
+    return row
+
+
+def _requester() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,197 @@
+"""The ``pgbg`` command. Each command is a thin wrapper over a library function.
+
+Errors print one line and exit non-zero; no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from pgbg import db
+from pgbg.exceptions import PgbgError
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
+                  help="PostgreSQL-backed background tasks.")
+db_app = typer.Typer(no_args_is_help=True, help="The database pgbg uses.")
+app.add_typer(db_app, name="db")
+
+F = TypeVar("F", bound=Callable[..., Any])
+_LOG_FIELDS = ("task_id", "task_type", "pid", "worker_id", "attempt", "delay", "concurrency")
+
+
+class _Formatter(logging.Formatter):
+    """Constant messages, with the structured fields appended as key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = [f"{k}={getattr(record, k)}" for k in _LOG_FIELDS if hasattr(record, k)]
+        return f"{text} {' '.join(fields)}" if fields else text
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("pgbg")
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def command(func: F) -> F:
+    """Turn pgbg's errors into one line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PgbgError as exc:
+            raise _fail(str(exc)) from None
+        except TimeoutError as exc:
+            raise _fail(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+
+
+@app.command()
+@command
+def worker(
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1,
+                                             help="Tasks run at once.")] = 2,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between fallback polls.")] = 5.0,
+    shutdown_timeout: Annotated[float, typer.Option(
+        help="On SIGTERM/SIGINT, seconds to let running tasks finish before killing them.")] = 30.0,
+    kill_grace: Annotated[float, typer.Option(
+        help="Seconds between SIGTERM and SIGKILL when a task is terminated.")] = 5.0,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run tasks, each in its own child process, until stopped.
+
+    Example: pgbg worker --concurrency 4
+
+    SIGTERM or Ctrl-C stops claiming and lets running tasks finish (up to
+    --shutdown-timeout); a second Ctrl-C kills them at once.
+    """
+    from pgbg.worker import Worker
+
+    _setup_logging(log_level)
+    w = Worker(concurrency, poll_interval=poll_interval, shutdown_timeout=shutdown_timeout,
+               kill_grace=kill_grace)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        w.stop(force=signum == signal.SIGINT and w._stopping)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    w.run()
+
+
+@app.command()
+@command
+def migrate(
+    sql: Annotated[bool, typer.Option("--sql", help="Print the DDL instead of running it.")] = False,
+) -> None:
+    """Create or update the pgbg schema in the database.
+
+    Example: PGBG_DATABASE_URL=postgresql://app@db/app pgbg migrate
+    """
+    from pgbg import migrate as migrations
+
+    if sql:
+        typer.echo(migrations.upgrade_sql())
+        return
+    migrations.upgrade()
+    typer.echo(f"pgbg schema is at revision {migrations.head_revision()} "
+               f"in {db.mask_url(db.database_url())}")
+
+
+@app.command()
+@command
+def demo(
+    tasks: Annotated[int, typer.Option(min=4, help="How many tasks to queue.")] = 36,
+    concurrency: Annotated[int, typer.Option(min=1, help="Worker concurrency.")] = 4,
+    keep_db: Annotated[bool, typer.Option(
+        help="Leave the embedded server running if the demo started it.")] = False,
+) -> None:
+    """Show pgbg's main job: queue tasks with priorities and limits, run, report.
+
+    Example: pgbg demo --tasks 40
+    """
+    from pgbg import demo as demo_module
+
+    raise typer.Exit(demo_module.run(tasks=tasks, concurrency=concurrency, keep_db=keep_db))
+
+
+@db_app.command("url")
+@command
+def db_url() -> None:
+    """Print the database URL pgbg uses (password masked).
+
+    Example: pgbg db url
+    """
+    typer.echo(db.mask_url(db.database_url()))
+
+
+@db_app.command("start")
+@command
+def db_start() -> None:
+    """Start the embedded PostgreSQL server (if it is not running).
+
+    Example: pgbg db start
+    """
+    from pgbg import embedded
+
+    srv, started = embedded.ensure_running()
+    typer.echo(f"{'started' if started else 'already running'}: {srv.url}")
+
+
+@db_app.command("stop")
+@command
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL server.
+
+    Example: pgbg db stop
+    """
+    from pgbg import embedded
+
+    typer.echo("stopped" if embedded.stop() else "not running")
+
+
+@db_app.command("status")
+@command
+def db_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Say which database pgbg uses and whether the embedded server runs.
+
+    Example: pgbg db status --json
+    """
+    from pgbg import embedded
+
+    srv = embedded.server()
+    status = {"source": db.url_source(), "embedded_running": srv.is_running(),
+              "embedded_pid": srv.pid(), "embedded_data_dir": str(srv.data_dir),
+              "embedded_url": srv.url}
+    if as_json:
+        typer.echo(json.dumps(status))
+    else:
+        for key, value in status.items():
+            typer.echo(f"{key}: {value}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,43 @@
+"""Running pgbg's Alembic migrations from the installed package, from any directory."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from pgbg import db
+
+
+def _config(url: str | None = None, output: io.StringIO | None = None):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    import pgbg.migrations
+
+    config = Config(output_buffer=output) if output is not None else Config()
+    config.set_main_option("script_location", str(Path(pgbg.migrations.__file__).parent))
+    config.attributes["pgbg_url"] = url
+    return config
+
+
+def upgrade(url: str | None = None) -> None:
+    """Bring the ``pgbg`` schema up to date (safe to run concurrently)."""
+    from alembic import command
+
+    command.upgrade(_config(url or db.database_url()), "head")
+
+
+def upgrade_sql() -> str:
+    """The DDL ``upgrade`` would run, as text."""
+    from alembic import command
+
+    output = io.StringIO()
+    command.upgrade(_config(output=output), "head", sql=True)
+    return output.getvalue()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None
+    return head

@@ -1,0 +1,35 @@
+"""LISTEN/NOTIFY: channel names and helpers to read notifications without blocking."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+# Payloads: QUEUED carries nothing (any queued task wakes the workers and PostgreSQL folds
+# identical notifications of one transaction into one); DONE carries the task id.
+QUEUED = "pgbg_queued"
+DONE = "pgbg_done"
+CANCEL = "pgbg_cancel"  # payload: the task id; the owning worker checks the row before it kills
+
+
+def listen(conn: psycopg.Connection[Any], *channels: str) -> None:
+    for channel in channels:
+        conn.execute(f"LISTEN {channel}")
+
+
+def drain(conn: psycopg.Connection[Any]) -> list[psycopg.Notify]:
+    """Notifications already received on ``conn``, without blocking.
+
+    Raises ``psycopg.OperationalError`` if the connection was lost.
+    """
+    pgconn = conn.pgconn
+    pgconn.consume_input()
+    if pgconn.status != psycopg.pq.ConnStatus.OK:
+        raise psycopg.OperationalError("the LISTEN connection was lost")
+    received = []
+    encoding = conn.info.encoding
+    while (note := pgconn.notifies()) is not None:
+        received.append(psycopg.Notify(note.relname.decode(encoding),
+                                       note.extra.decode(encoding), note.be_pid))
+    return received

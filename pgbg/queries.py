@@ -1,0 +1,318 @@
+"""Every SQL statement pgbg runs, noun-first, each taking a connection.
+
+Statements that may run on a caller's connection (``task_insert``) pass JSON as text cast
+to ``jsonb`` and ids as text cast to ``uuid``, so they work through psycopg 3 or through a
+SQLAlchemy connection on any DBAPI driver.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from pgbg import notify
+from pgbg.models import BackgroundTask, TaskStatus
+
+
+class Executor(Protocol):
+    """What ``task_insert`` needs from a connection: psycopg's or an adapter's."""
+
+    def __call__(self, sql: str, params: Mapping[str, Any]) -> None: ...
+
+
+def _task(row: Mapping[str, Any]) -> BackgroundTask:
+    return BackgroundTask(**{**row, "status": TaskStatus(row["status"])})
+
+
+# -- tasks: enqueue ------------------------------------------------------------------
+
+TASK_INSERT = """
+WITH inserted AS (
+    INSERT INTO pgbg.task (id, task_type, func, args, kwargs, priority, num_proc,
+                           num_of_task_type)
+    VALUES (%(id)s::uuid, %(task_type)s, %(func)s, %(args)s::jsonb, %(kwargs)s::jsonb,
+            %(priority)s, %(num_proc)s, %(num_of_task_type)s::jsonb)
+    RETURNING id
+)
+SELECT pg_notify('""" + notify.QUEUED + """', '') FROM inserted
+"""
+
+
+def task_insert(execute: Executor, params: Mapping[str, Any]) -> None:
+    """Insert one queued task and wake the workers (on commit) in one round trip."""
+    execute(TASK_INSERT, params)
+
+
+# -- tasks: reading ------------------------------------------------------------------
+
+def task_get(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> BackgroundTask | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute("SELECT * FROM pgbg.task WHERE id = %s", (task_id,)).fetchone()
+    return _task(row) if row else None
+
+
+def task_status(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> TaskStatus | None:
+    row = conn.execute("SELECT status::text FROM pgbg.task WHERE id = %s", (task_id,)).fetchone()
+    return TaskStatus(row[0]) if row else None
+
+
+def task_list_queued(conn: psycopg.Connection[Any],
+                     task_type: str | None = None) -> list[BackgroundTask]:
+    """Queued tasks in the order workers consider them."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            """SELECT * FROM pgbg.task
+                WHERE status = 'queued' AND (%(type)s::text IS NULL OR task_type = %(type)s)
+                ORDER BY priority DESC, queued_at, id""",
+            {"type": task_type},
+        ).fetchall()
+    return [_task(row) for row in rows]
+
+
+def task_count_running(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Running tasks per type (the partial index on running rows answers it)."""
+    rows = conn.execute(
+        "SELECT task_type, count(*) FROM pgbg.task WHERE status = 'running' GROUP BY task_type"
+    ).fetchall()
+    return {task_type: count for task_type, count in rows}
+
+
+# -- tasks: the worker's path --------------------------------------------------------
+
+def task_claim(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str,
+               max_tasks: int) -> list[BackgroundTask]:
+    """Claim up to ``max_tasks`` runnable tasks in one transaction (see the migration)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute("SELECT * FROM pgbg.task_claim(%s, %s, %s)",
+                           (worker_id, hostname, max_tasks)).fetchall()
+    return [_task(row) for row in rows]
+
+
+def task_set_pids(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
+                  started: Sequence[tuple[uuid.UUID, int, int]]) -> None:
+    """Record the pid of each forked child: ``(task id, attempt, pid)``."""
+    conn.execute(
+        """UPDATE pgbg.task t SET pid = s.pid
+             FROM unnest(%s::uuid[], %s::int[], %s::int[]) AS s(id, attempt, pid)
+            WHERE t.id = s.id AND t.attempt = s.attempt AND t.worker_id = %s
+              AND t.status = 'running'""",
+        ([s[0] for s in started], [s[1] for s in started], [s[2] for s in started], worker_id),
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a child ended, as the worker writes it on the task row."""
+
+    task_id: uuid.UUID
+    attempt: int
+    status: TaskStatus
+    result: Any = None
+    error: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    error_exit_recorded: bool = False  # the task already marked itself failed
+
+
+def task_finish(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
+                outcomes: Iterable[Outcome]) -> list[uuid.UUID]:
+    """Write each outcome, fenced by (worker, attempt, state); return the ids written.
+
+    A task that already recorded its own failure (``record_task_error_exit``) keeps its
+    status and message; only the exit code is added.
+    """
+    written: list[uuid.UUID] = []
+    with conn.transaction():
+        for o in outcomes:
+            row = conn.execute(
+                """UPDATE pgbg.task
+                      SET status = CASE WHEN status = 'running'
+                                        THEN %(status)s::pgbg.task_status ELSE status END,
+                          result = CASE WHEN status = 'running' THEN %(result)s ELSE result END,
+                          error = CASE WHEN status = 'running' THEN %(error)s ELSE error END,
+                          finished_at = coalesce(finished_at, clock_timestamp()),
+                          exit_code = %(exit_code)s, signal = %(signal)s
+                    WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+                      AND (status = 'running'
+                           OR (%(error_exit)s AND status = 'failed' AND exit_code IS NULL))
+                RETURNING id""",
+                {"status": o.status.value, "result": None if o.result is None else Jsonb(o.result),
+                 "error": o.error, "exit_code": o.exit_code, "signal": o.signal, "id": o.task_id,
+                 "worker_id": worker_id, "attempt": o.attempt, "error_exit": o.error_exit_recorded},
+            ).fetchone()
+            if row:
+                written.append(o.task_id)
+                conn.execute("SELECT pg_notify(%s, %s)", (notify.DONE, str(o.task_id)))
+    return written
+
+
+def task_cancel_queued(conn: psycopg.Connection[Any], task_id: uuid.UUID,
+                       reason: str) -> bool:
+    """Cancel a task that has not started; False if it is not (or no longer) queued."""
+    with conn.transaction():
+        row = conn.execute(
+            """UPDATE pgbg.task SET status = 'cancelled', finished_at = clock_timestamp(),
+                      error = %s
+                WHERE id = %s AND status = 'queued' RETURNING id""",
+            (reason, task_id),
+        ).fetchone()
+        if row:
+            conn.execute("SELECT pg_notify(%s, %s)", (notify.DONE, str(task_id)))
+    return row is not None
+
+
+# -- tasks: what a running task records about itself ---------------------------------
+
+def task_record_info(conn: psycopg.Connection[Any], task_id: uuid.UUID, attempt: int,
+                     message: str) -> None:
+    with conn.transaction():
+        conn.execute("UPDATE pgbg.task SET info = %s WHERE id = %s AND attempt = %s",
+                     (message, task_id, attempt))
+        task_log_insert(conn, task_id, "info", message)
+
+
+def task_record_error_exit(conn: psycopg.Connection[Any], task_id: uuid.UUID, attempt: int,
+                           message: str) -> None:
+    with conn.transaction():
+        row = conn.execute(
+            """UPDATE pgbg.task SET status = 'failed', error = %s,
+                      finished_at = clock_timestamp()
+                WHERE id = %s AND attempt = %s AND status = 'running' RETURNING id""",
+            (message, task_id, attempt),
+        ).fetchone()
+        task_log_insert(conn, task_id, "error", message)
+        if row:
+            conn.execute("SELECT pg_notify(%s, %s)", (notify.DONE, str(task_id)))
+
+
+def task_log_insert(conn: psycopg.Connection[Any], task_id: uuid.UUID, level: str,
+                    message: str) -> None:
+    conn.execute("INSERT INTO pgbg.task_log (task_id, level, message) VALUES (%s, %s, %s)",
+                 (task_id, level, message))
+
+
+def task_log_list(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT at, level, message FROM pgbg.task_log WHERE task_id = %s ORDER BY id", (task_id,)
+    ).fetchall()
+
+
+def task_link_insert(conn: psycopg.Connection[Any], task_id: uuid.UUID, kind: str,
+                     key: str) -> None:
+    conn.execute(
+        """INSERT INTO pgbg.task_link (task_id, kind, key) VALUES (%s, %s, %s)
+           ON CONFLICT DO NOTHING""",
+        (task_id, kind, key),
+    )
+
+
+# -- workers -------------------------------------------------------------------------
+
+def worker_register(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str,
+                    pid: int, concurrency: int) -> None:
+    conn.execute(
+        "INSERT INTO pgbg.worker (id, hostname, pid, concurrency) VALUES (%s, %s, %s, %s)",
+        (worker_id, hostname, pid, concurrency),
+    )
+
+
+def worker_heartbeat(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> None:
+    conn.execute("UPDATE pgbg.worker SET heartbeat_at = now() WHERE id = %s", (worker_id,))
+
+
+def worker_unregister(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> None:
+    conn.execute("DELETE FROM pgbg.worker WHERE id = %s", (worker_id,))
+
+
+# -- termination ---------------------------------------------------------------------
+
+def task_request_cancel(conn: psycopg.Connection[Any], task_id: uuid.UUID,
+                        requested_by: str) -> bool:
+    """Mark a running task for termination and tell its worker; False if not running."""
+    with conn.transaction():
+        row = conn.execute(
+            """UPDATE pgbg.task
+                  SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp()),
+                      cancel_requested_by = coalesce(cancel_requested_by, %s)
+                WHERE id = %s AND status = 'running' RETURNING id""",
+            (requested_by, task_id),
+        ).fetchone()
+        if row:
+            conn.execute("SELECT pg_notify(%s, %s)", (notify.CANCEL, str(task_id)))
+    return row is not None
+
+
+def task_list_cancel_requested(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
+                               task_ids: Sequence[uuid.UUID]) -> list[tuple[uuid.UUID, str]]:
+    """Which of this worker's running tasks are marked for termination, and by whom."""
+    rows = conn.execute(
+        """SELECT id, coalesce(cancel_requested_by, '') FROM pgbg.task
+            WHERE id = ANY(%s) AND worker_id = %s AND status = 'running'
+              AND cancel_requested_at IS NOT NULL""",
+        (list(task_ids), worker_id),
+    ).fetchall()
+    return [(row[0], row[1]) for row in rows]
+
+
+# -- reporting -----------------------------------------------------------------------
+
+def task_summary(conn: psycopg.Connection[Any],
+                 task_ids: Sequence[uuid.UUID]) -> dict[str, dict[str, int]]:
+    """Per type: how many tasks, by status."""
+    rows = conn.execute(
+        """SELECT task_type, status::text, count(*) FROM pgbg.task
+            WHERE id = ANY(%s) GROUP BY task_type, status""",
+        (list(task_ids),),
+    ).fetchall()
+    summary: dict[str, dict[str, int]] = {}
+    for task_type, status, count in rows:
+        summary.setdefault(task_type, {})[status] = count
+    return summary
+
+
+def task_max_overlap(conn: psycopg.Connection[Any], task_ids: Sequence[uuid.UUID],
+                     by_type: bool = True) -> dict[str, int]:
+    """The most tasks that ran at once, per type (or overall under the key ``*``),
+    from the recorded start and finish times. At equal times a finish counts first."""
+    rows = conn.execute(
+        """WITH events AS (
+               SELECT CASE WHEN %(by_type)s THEN task_type ELSE '*' END AS k,
+                      started_at AS at, 1 AS delta
+                 FROM pgbg.task WHERE id = ANY(%(ids)s) AND started_at IS NOT NULL
+               UNION ALL
+               SELECT CASE WHEN %(by_type)s THEN task_type ELSE '*' END,
+                      coalesce(finished_at, 'infinity'), -1
+                 FROM pgbg.task WHERE id = ANY(%(ids)s) AND started_at IS NOT NULL
+           )
+           SELECT k, max(running)::int FROM (
+               SELECT k, sum(delta) OVER (PARTITION BY k ORDER BY at, delta
+                                          ROWS UNBOUNDED PRECEDING) AS running
+                 FROM events) s
+            GROUP BY k""",
+        {"ids": list(task_ids), "by_type": by_type},
+    ).fetchall()
+    return {key: peak for key, peak in rows}
+
+
+def task_list_failed(conn: psycopg.Connection[Any],
+                     task_ids: Sequence[uuid.UUID]) -> list[tuple[uuid.UUID, str, str, str]]:
+    """(id, type, status, error) of the tasks that did not succeed."""
+    rows = conn.execute(
+        """SELECT id, task_type, status::text, coalesce(error, '') FROM pgbg.task
+            WHERE id = ANY(%s) AND status IN ('failed', 'terminated', 'cancelled')
+            ORDER BY finished_at""",
+        (list(task_ids),),
+    ).fetchall()
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+
+def task_count_terminal(conn: psycopg.Connection[Any], task_ids: Sequence[uuid.UUID]) -> int:
+    row = conn.execute("SELECT count(*) FROM pgbg.task WHERE id = ANY(%s) AND complete",
+                       (list(task_ids),)).fetchone()
+    return int(row[0]) if row else 0
