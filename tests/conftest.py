@@ -1,0 +1,192 @@
+"""Shared fixtures: a real PostgreSQL, one migrated template, a fresh database per test.
+
+The server is the embedded one (in a private PGBG_HOME, stopped at the end) unless
+PGBG_TEST_DATABASE_URL names a server where the tests may create databases.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+import pgbg
+from pgbg import db, embedded, migrate
+
+TESTS_DIR = Path(__file__).parent
+_counter = itertools.count()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02,
+             message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    explicit = os.environ.get("PGBG_TEST_DATABASE_URL")
+    if explicit:
+        yield db.libpq_url(explicit)
+        return
+    home = Path(tempfile.gettempdir()) / f"pgbg-tests-{os.getuid()}"
+    previous = os.environ.get("PGBG_HOME")
+    os.environ["PGBG_HOME"] = str(home)
+    try:
+        srv, started = embedded.ensure_running()
+        yield srv.url
+        if started:
+            embedded.stop()
+    finally:
+        if previous is None:
+            os.environ.pop("PGBG_HOME", None)
+        else:
+            os.environ["PGBG_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def template_url(server_url: str) -> Iterator[str]:
+    name = f"pgbg_template_{os.getpid()}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(server_url, name)
+    migrate.upgrade(url)
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(server_url: str, template_url: str) -> Iterator[str]:
+    """A freshly migrated database of its own; pgbg is configured to use it."""
+    name = f"pgbg_test_{os.getpid()}_{next(_counter)}"
+    template = urlsplit(template_url).path.lstrip("/")
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    url = with_database(server_url, name)
+    pgbg.configure(url)
+    yield url
+    pgbg.configure()
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection
+
+
+def count_tasks(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM pgbg.task").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+class Driver:
+    """An in-process worker driven step by step (the test's main thread does the forking)."""
+
+    def __init__(self, worker: pgbg.Worker) -> None:
+        self.worker = worker
+
+    def until(self, predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s driving the worker")
+            self.worker.run_once(timeout=0.05)
+
+    def until_done(self, *results: pgbg.Result, timeout: float = 30.0) -> None:
+        self.until(lambda: all(pgbg.get_task(r).complete for r in results), timeout)
+
+
+@pytest.fixture
+def make_worker(database_url: str) -> Iterator[Callable[..., Driver]]:
+    created: list[pgbg.Worker] = []
+
+    def make(concurrency: int = 2, **options: Any) -> Driver:
+        options.setdefault("poll_interval", 0.5)
+        worker = pgbg.Worker(concurrency, **options)
+        created.append(worker)
+        return Driver(worker)
+
+    yield make
+    for worker in created:
+        worker.stop(force=True)
+        worker.run()
+
+
+def worker_env(database_url: str) -> dict[str, str]:
+    env = {**os.environ, "PGBG_DATABASE_URL": database_url}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
+    return env
+
+
+class WorkerProcess:
+    """A real ``pgbg worker`` process; stopped by pid."""
+
+    def __init__(self, database_url: str, concurrency: int, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pgbg", "worker", "--concurrency", str(concurrency),
+             "--poll-interval", "1", "--log-level", "warning", *extra],
+            env=worker_env(database_url), stdin=subprocess.DEVNULL)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def worker_process(database_url: str) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(concurrency: int = 2, *extra: str) -> WorkerProcess:
+        process = WorkerProcess(database_url, concurrency, *extra)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

@@ -1,0 +1,104 @@
+"""Task functions the tests queue. Workers import this module by name."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pgbg
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+def whoami() -> dict[str, Any]:
+    task = pgbg.get_current_task()
+    assert task is not None
+    return {"os_pid": os.getpid(), "task_pid": task.pid, "proc_id": task.proc_id,
+            "id": str(task.id), "uuid": task.uuid, "status": task.status.value,
+            "generated": pgbg.get_or_generate_task_uuid(), "pgid": os.getpgid(0)}
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def exit_with(code: int | None) -> None:
+    sys.exit(code)
+
+
+def exit_with_message(message: str) -> None:
+    sys.exit(message)
+
+
+def os_exit(code: int) -> None:
+    os._exit(code)
+
+
+def kill_self(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+
+
+def error_exit_then_return(message: str) -> dict[str, Any]:
+    pgbg.record_task_error_exit(message)
+    return {"after": pgbg.get_current_task() is None}
+
+
+def record_things(kind: str, key: str) -> str:
+    pgbg.record_task_info("step 1 of 2")
+    pgbg.record_task_related(kind, key)
+    pgbg.record_task_info("step 2 of 2")
+    return "recorded"
+
+
+def not_json() -> object:
+    return object()
+
+
+def work(seconds: float) -> float:
+    """Busy for a while (the work itself, so overlaps can be observed)."""
+    time.sleep(seconds)
+    return seconds
+
+
+def block_until(path: str) -> str:
+    """Run until the file ``path`` exists (the test creates it to let the task finish)."""
+    while not Path(path).exists():
+        time.sleep(0.01)
+    return "released"
+
+
+def spawn_and_block(pidfile: str) -> None:
+    """Start a grandchild, write both pids, then block forever (until terminated)."""
+    grandchild = subprocess.Popen(["sleep", "1000"])
+    Path(pidfile + ".tmp").write_text(f"{os.getpid()} {grandchild.pid}")
+    os.rename(pidfile + ".tmp", pidfile)
+    while True:
+        time.sleep(1)
+
+
+def ignore_sigterm_and_block(pidfile: str) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(pidfile + ".tmp").write_text(str(os.getpid()))
+    os.rename(pidfile + ".tmp", pidfile)
+    while True:
+        time.sleep(1)
+
+
+class Holder:
+    @staticmethod
+    def static(x: int) -> int:
+        return x * 2
+
+    def method(self) -> None:
+        return None

@@ -1,0 +1,103 @@
+"""Pure functions: no database."""
+
+from __future__ import annotations
+
+import uuid
+
+import pgbg_test_tasks as tasks
+import pytest
+
+import pgbg
+from pgbg import api, child, db
+from pgbg.models import TaskStatus
+
+
+def test_public_api_is_exactly_all() -> None:
+    for name in pgbg.__all__:
+        assert hasattr(pgbg, name), name
+    expected = {"run_in_background", "run_in_background_with_limits", "wait_task",
+                "terminate_background", "get_current_task", "get_or_generate_task_uuid",
+                "get_queued_tasks", "remove_task_from_queue", "record_task_info",
+                "record_task_error_exit", "record_task_related", "enqueue", "configure",
+                "Worker", "Result", "BackgroundTask", "QueuedTask", "PgbgError", "TaskFailed"}
+    assert expected <= set(pgbg.__all__)
+
+
+def test_function_names_round_trip() -> None:
+    assert api.function_name(tasks.add) == "pgbg_test_tasks:add"
+    assert child.resolve("pgbg_test_tasks:add") is tasks.add
+    assert api.function_name(tasks.Holder.static) == "pgbg_test_tasks:Holder.static"
+    assert child.resolve("pgbg_test_tasks:Holder.static") is tasks.Holder.static
+    assert api.function_name("some.module:func") == "some.module:func"
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: None,
+    tasks.Holder().method,
+    print,  # a builtin: not a Python function
+    42,
+    "no_colon_here",
+    "mod:",
+    ":func",
+    "mod:not-an-identifier",
+])
+def test_unimportable_functions_are_refused(bad: object) -> None:
+    with pytest.raises(pgbg.InvalidTaskFunction) as info:
+        api.function_name(bad)  # type: ignore[arg-type]
+    assert isinstance(info.value, TypeError)
+
+
+def test_nested_function_is_refused_with_its_name() -> None:
+    def inner() -> None:
+        return None
+
+    with pytest.raises(pgbg.InvalidTaskFunction, match="inner is defined inside a function"):
+        api.function_name(inner)
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("postgresql://app:s3cret@db:5432/app", "postgresql://app:***@db:5432/app"),
+    ("postgresql+psycopg://app:s3cret@db/app", "postgresql+psycopg://app:***@db/app"),
+    ("postgresql://app@db/app", "postgresql://app@db/app"),
+    ("postgresql://db/app?password=s3cret&sslmode=require",
+     "postgresql://db/app?password=***&sslmode=require"),
+    ("host=db password=s3cret dbname=app", "host=db password=*** dbname=app"),
+])
+def test_urls_are_printed_without_password(url: str, masked: str) -> None:
+    assert db.mask_url(url) == masked
+    assert "s3cret" not in db.mask_url(url)
+
+
+def test_sqlalchemy_urls_are_accepted() -> None:
+    assert db.libpq_url("postgresql+psycopg://u@h/d") == "postgresql://u@h/d"
+    assert db.libpq_url("postgresql+psycopg2://u@h/d") == "postgresql://u@h/d"
+    assert db.libpq_url("postgresql://u@h/d") == "postgresql://u@h/d"
+
+
+@pytest.mark.parametrize("bad", ["nope", "1234", 12, None, object()])
+def test_task_ids_are_checked(bad: object) -> None:
+    with pytest.raises(pgbg.InvalidTaskId):
+        api.task_id(bad)
+
+
+def test_task_ids_accept_every_form() -> None:
+    tid = uuid.uuid4()
+    assert api.task_id(tid) == tid
+    assert api.task_id(str(tid)) == tid
+    assert api.task_id(pgbg.Result(tid)) == tid
+
+
+def test_outside_a_task_the_context_functions_do_nothing() -> None:
+    assert pgbg.get_current_task() is None
+    generated = pgbg.get_or_generate_task_uuid()
+    assert uuid.UUID(generated).version == 4
+    assert pgbg.get_or_generate_task_uuid() != generated
+    # no database is configured for unit tests: these must not touch one
+    pgbg.record_task_info("progress")
+    pgbg.record_task_error_exit("failure")
+    pgbg.record_task_related("study", 1)
+
+
+def test_terminal_statuses() -> None:
+    assert {s for s in TaskStatus if s.is_terminal} == {
+        TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TERMINATED}
