@@ -131,19 +131,25 @@ class Worker:
         if due and not self._stopping and self._free_slots():
             self._claim()
         wait = self._wait_time(timeout)
-        for key, _events in self._selector.select(wait):
-            kind, data = key.data
-            if kind == "db":
-                self._on_notifications()
-            elif kind == "pidfd":
-                self._reap(data)
-            elif kind == "pipe":
-                self._read_report(data)
-            else:
-                self._drain_wake_pipe()
+        self._dispatch(self._selector.select(wait))
         self._write_outcomes()
         if time.monotonic() >= self._next_heartbeat:
             self._heartbeat()
+
+    def _dispatch(self, events: list[tuple[selectors.SelectorKey, int]],
+                  with_database: bool = True) -> None:
+        for key, _mask in events:
+            kind, data = key.data
+            # One batch may hold a child's exit and its pipe: reaping closes the pipe,
+            # so an event whose fd no longer belongs to a live child is stale.
+            if kind == "pidfd" and data.pidfd == key.fd:
+                self._reap(data)
+            elif kind == "pipe" and data.pipe == key.fd:
+                self._read_report(data)
+            elif kind == "wake":
+                self._drain_wake_pipe()
+            elif kind == "db" and with_database:
+                self._on_notifications()
 
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:
@@ -246,8 +252,10 @@ class Worker:
             if running.pipe >= 0:  # a grandchild still holds the pipe open: stop waiting on it
                 self._selector.unregister(running.pipe)
                 os.close(running.pipe)
+                running.pipe = -1
         self._selector.unregister(running.pidfd)
         os.close(running.pidfd)
+        running.pidfd = -1
         del self._children[running.pid]
         self._unwritten.append(_outcome(running, status))
         self._want_claim = True
@@ -364,14 +372,7 @@ class Worker:
 
     def _reap_ready_children(self, timeout: float) -> None:
         """While the database is away, keep reaping (outcomes wait to be written)."""
-        for key, _events in self._selector.select(timeout):
-            kind, data = key.data
-            if kind == "pidfd":
-                self._reap(data)
-            elif kind == "pipe":
-                self._read_report(data)
-            elif kind == "wake":
-                self._drain_wake_pipe()
+        self._dispatch(self._selector.select(timeout), with_database=False)
 
 
 def _kill_group(running: _Child, sig: signal.Signals) -> None:
