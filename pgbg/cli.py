@@ -24,7 +24,8 @@ db_app = typer.Typer(no_args_is_help=True, help="The database pgbg uses.")
 app.add_typer(db_app, name="db")
 
 F = TypeVar("F", bound=Callable[..., Any])
-_LOG_FIELDS = ("task_id", "task_type", "pid", "worker_id", "attempt", "delay", "concurrency")
+_LOG_FIELDS = ("task_id", "task_type", "pid", "worker_id", "attempt", "delay", "concurrency",
+               "running")
 
 
 class _Formatter(logging.Formatter):

@@ -23,7 +23,9 @@ def upgrade(url: str | None = None) -> None:
     """Bring the ``pgbg`` schema up to date (safe to run concurrently)."""
     from alembic import command
 
-    command.upgrade(_config(url or db.database_url()), "head")
+    url = url or db.database_url()
+    db.connect(url).close()  # an unreachable database is one clear DatabaseUnavailable
+    command.upgrade(_config(url), "head")
 
 
 def upgrade_sql() -> str:

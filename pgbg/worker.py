@@ -101,9 +101,14 @@ class Worker:
     def run(self) -> None:
         """Run until ``stop()`` and every child is gone."""
         self.start()
+        announced = False
         try:
             while not (self._stopping and not self._children):
                 self.run_once(timeout=None)
+                if self._stopping and not announced:
+                    announced = True
+                    logger.info("worker stopping; waiting for running tasks",
+                                extra={"worker_id": str(self.id), "running": self.running})
         finally:
             self.close()
 

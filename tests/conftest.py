@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -150,13 +151,26 @@ def worker_env(database_url: str) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """A real ``pgbg worker`` process; stopped by pid."""
+    """A real ``pgbg worker`` process; stopped by pid. Its log lines are collected."""
 
     def __init__(self, database_url: str, concurrency: int, *extra: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pgbg", "worker", "--concurrency", str(concurrency),
-             "--poll-interval", "1", "--log-level", "warning", *extra],
-            env=worker_env(database_url), stdin=subprocess.DEVNULL)
+             "--poll-interval", "1", "--log-level", "info", *extra],
+            env=worker_env(database_url), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True)
+        self.log: list[str] = []
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+
+    def _collect(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            sys.stderr.write(line)
+
+    def logged(self, text: str) -> bool:
+        return any(text in line for line in self.log)
 
     @property
     def pid(self) -> int:
@@ -176,6 +190,7 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._reader.join(timeout=10)  # no thread may outlive the test: later tests fork
 
 
 @pytest.fixture

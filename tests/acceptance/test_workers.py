@@ -1,0 +1,108 @@
+"""Real `pgbg worker` processes, as a user runs them."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pgbg_test_tasks as tasks
+import psycopg
+import pytest
+from conftest import WorkerProcess, wait_for
+
+import pgbg
+from pgbg import queries
+
+
+@pytest.mark.slow
+def test_limits_hold_across_four_worker_processes(
+        worker_process: Callable[..., WorkerProcess], conn: psycopg.Connection[Any]) -> None:
+    ids: list[uuid.UUID] = []
+    for i in range(200):
+        task_type = "b" if i % 4 == 0 else "a"
+        ids.append(pgbg.run_in_background_with_limits(
+            tasks.work, task_type, 3, {"b": 1}, 0.01).id)
+    workers = [worker_process(4) for _ in range(4)]
+    wait_for(lambda: queries.task_count_terminal(conn, ids) == len(ids), timeout=240,
+             message="all 200 tasks to finish")
+    summary = queries.task_summary(conn, ids)
+    assert summary == {"a": {"succeeded": 150}, "b": {"succeeded": 50}}
+    # From the recorded start and finish times: never more than the limits at once.
+    assert queries.task_max_overlap(conn, ids, by_type=False)["*"] <= 3
+    assert queries.task_max_overlap(conn, ids)["b"] <= 1
+    attempts = conn.execute("SELECT DISTINCT attempt FROM pgbg.task").fetchall()
+    assert attempts == [(1,)]  # each ran exactly once
+    assert all(w.proc.poll() is None for w in workers)
+
+
+def test_sigterm_lets_running_tasks_finish_and_claims_nothing_more(
+        worker_process: Callable[..., WorkerProcess], tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    running = pgbg.run_in_background(tasks.block_until, "t", str(release))
+    worker = worker_process(1)
+    wait_for(lambda: pgbg.get_task(running).pid, timeout=60)
+    waiting = pgbg.run_in_background(tasks.add, "t", 1, 1)
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: worker.logged("worker stopping"), message="the worker to start stopping")
+    release.touch()
+    assert worker.wait(timeout=60) == 0
+    assert pgbg.get_task(running).status is pgbg.TaskStatus.SUCCEEDED
+    assert pgbg.get_task(waiting).status is pgbg.TaskStatus.QUEUED
+    with psycopg.connect(pgbg.db.database_url()) as c:
+        assert c.execute("SELECT count(*) FROM pgbg.worker").fetchone() == (0,)
+
+
+def test_shutdown_timeout_kills_and_records(worker_process: Callable[..., WorkerProcess],
+                                            tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    result = pgbg.run_in_background(tasks.spawn_and_block, "t", str(pidfile))
+    worker = worker_process(1, "--shutdown-timeout", "0.5")
+    wait_for(pidfile.exists, timeout=60)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    task = pgbg.get_task(result)
+    assert task.status is pgbg.TaskStatus.TERMINATED
+    assert task.error == "the worker stopped before the task finished"
+
+
+def test_second_sigint_stops_at_once(worker_process: Callable[..., WorkerProcess],
+                                     tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    result = pgbg.run_in_background(tasks.spawn_and_block, "t", str(pidfile))
+    worker = worker_process(1, "--shutdown-timeout", "600")
+    wait_for(pidfile.exists, timeout=60)
+    child_pid, grandchild_pid = map(int, pidfile.read_text().split())
+    worker.signal(signal.SIGINT)
+    wait_for(lambda: worker.logged("worker stopping"), message="the first SIGINT to be handled")
+    worker.signal(signal.SIGINT)
+    assert worker.wait(timeout=60) == 0
+    task = pgbg.get_task(result)
+    assert task.status is pgbg.TaskStatus.TERMINATED
+    assert task.signal == signal.SIGKILL
+    for pid in (child_pid, grandchild_pid):
+        assert not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+
+
+def test_notify_wakes_an_idle_worker(worker_process: Callable[..., WorkerProcess],
+                                     conn: psycopg.Connection[Any]) -> None:
+    # a poll interval far beyond the test's reach: only the NOTIFY can start the task
+    worker_process(1, "--poll-interval", "3600")
+    wait_for(lambda: conn.execute("SELECT count(*) FROM pgbg.worker").fetchone() == (1,))
+    # the worker has claimed once at start (nothing); now only a notification can wake it
+    result = pgbg.run_in_background(tasks.add, "t", 2, 3)
+    assert result.get(timeout=60) == 5
+
+
+def test_poll_finds_a_task_whose_notify_was_missed(
+        worker_process: Callable[..., WorkerProcess], conn: psycopg.Connection[Any]) -> None:
+    worker_process(1, "--poll-interval", "0.2")
+    wait_for(lambda: conn.execute("SELECT count(*) FROM pgbg.worker").fetchone() == (1,))
+    # inserted behind pgbg's back, with no NOTIFY at all
+    tid = uuid.uuid4()
+    conn.execute("INSERT INTO pgbg.task (id, task_type, func, args) "
+                 "VALUES (%s, 't', 'pgbg_test_tasks:add', '[20, 22]')", (tid,))
+    assert pgbg.Result(tid).get(timeout=60) == 42
