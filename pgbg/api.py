@@ -79,8 +79,9 @@ def enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
     any DBAPI connection. The task is then inserted in that transaction and exists only if
     it commits; otherwise pgbg commits it at once on its own connection.
     """
+    task_uuid = uuid.uuid4()
     params = {
-        "id": str(uuid.uuid4()),
+        "id": str(task_uuid),
         "func": function_name(func),
         "task_type": _task_type(task_type),
         "priority": _int("priority", priority),
@@ -94,7 +95,7 @@ def enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
             queries.task_insert(lambda sql, p: conn.execute(sql, p), params)
     else:
         queries.task_insert(_executor(connection), params)
-    return Result(uuid.UUID(params["id"]))
+    return Result(task_uuid)
 
 
 def run_in_background_with_limits(func: Callable[..., Any] | str, task_type: str, num_proc: int,

@@ -104,7 +104,7 @@ def worker(
 @app.command()
 @command
 def migrate(
-    sql: Annotated[bool, typer.Option("--sql", help="Print the DDL instead of running it.")] = False,
+    sql: Annotated[bool, typer.Option("--sql", help="Print the DDL, run nothing.")] = False,
 ) -> None:
     """Create or update the pgbg schema in the database.
 

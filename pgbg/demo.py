@@ -49,7 +49,7 @@ def run(tasks: int = 36, concurrency: int = 4, keep_db: bool = False) -> int:
     started_server = False
     if db.url_source() == "embedded":
         with console.status("starting the embedded PostgreSQL server…"):
-            srv, started_server = embedded.ensure_running()
+            _server, started_server = embedded.ensure_running()
     url = db.database_url()
     console.print(f"database: [bold]{db.mask_url(url)}[/] ({db.url_source()})")
     worker: subprocess.Popen[bytes] | None = None

@@ -11,7 +11,7 @@ from pgbg import db
 def _config(url: str | None = None, output: io.StringIO | None = None):  # type: ignore[no-untyped-def]
     from alembic.config import Config
 
-    import pgbg.migrations
+    import pgbg.migrations  # type: ignore[import-not-found]  # mapped from migrations/
 
     config = Config(output_buffer=output) if output is not None else Config()
     config.set_main_option("script_location", str(Path(pgbg.migrations.__file__).parent))

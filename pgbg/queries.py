@@ -23,7 +23,7 @@ from pgbg.models import BackgroundTask, TaskStatus
 class Executor(Protocol):
     """What ``task_insert`` needs from a connection: psycopg's or an adapter's."""
 
-    def __call__(self, sql: str, params: Mapping[str, Any]) -> None: ...
+    def __call__(self, sql: str, params: Mapping[str, Any]) -> object: ...
 
 
 def _task(row: Mapping[str, Any]) -> BackgroundTask:

@@ -108,7 +108,7 @@ def test_bad_input_is_refused_and_writes_nothing(conn: psycopg.Connection[Any], 
 
 
 def test_non_json_argument_error_names_the_argument(conn: psycopg.Connection[Any]) -> None:
-    with pytest.raises(TypeError, match="positional argument 1 .*date"):
+    with pytest.raises(TypeError, match=r"positional argument 1 .*date"):
         pgbg.run_in_background(tasks.echo, "t", 1, datetime.date.today())
     with pytest.raises(TypeError, match="keyword argument 'when'"):
         pgbg.run_in_background(tasks.echo, "t", when=object())

@@ -64,7 +64,8 @@ def test_claim_uses_partial_index_on_large_history(conn: psycopg.Connection[Any]
     conn.execute("""INSERT INTO pgbg.task (id, task_type, func, status, finished_at)
                     SELECT gen_random_uuid(), 't', 'm:f', 'succeeded', now()
                       FROM generate_series(1, 20000)""")
-    conn.execute("INSERT INTO pgbg.task (id, task_type, func) VALUES (gen_random_uuid(), 't', 'm:f')")
+    conn.execute("INSERT INTO pgbg.task (id, task_type, func) "
+                 "VALUES (gen_random_uuid(), 't', 'm:f')")
     conn.execute("ANALYZE pgbg.task")
     plan = "\n".join(row[0] for row in conn.execute(
         "EXPLAIN SELECT id FROM pgbg.task WHERE status = 'queued' "
