@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from pathlib import Path
 
@@ -11,12 +12,17 @@ from pgbg import db
 def _config(url: str | None = None, output: io.StringIO | None = None):  # type: ignore[no-untyped-def]
     from alembic.config import Config
 
-    import pgbg.migrations  # type: ignore[import-not-found]  # mapped from migrations/
-
     config = Config(output_buffer=output) if output is not None else Config()
-    config.set_main_option("script_location", str(Path(pgbg.migrations.__file__).parent))
+    config.set_main_option("script_location", str(_migrations_dir()))
     config.attributes["pgbg_url"] = url
     return config
+
+
+def _migrations_dir() -> Path:
+    """Where the migrations are: shipped as the package ``pgbg.migrations``."""
+    spec = importlib.util.find_spec("pgbg.migrations")
+    assert spec is not None and spec.origin is not None, "pgbg is installed without migrations"
+    return Path(spec.origin).parent
 
 
 def upgrade(url: str | None = None) -> None:
