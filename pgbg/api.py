@@ -22,6 +22,7 @@ import psycopg
 
 from pgbg import db, notify, queries
 from pgbg.exceptions import (
+    DatabaseUnavailable,
     InvalidOption,
     InvalidTaskFunction,
     InvalidTaskId,
@@ -72,8 +73,13 @@ def _first_line(error: str | None) -> str:
 def enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
             kwargs: Mapping[str, Any] | None = None, *, task_type: str, priority: int = 0,
             num_proc: int = 0, num_of_task_type: Mapping[str, int] | None = None,
-            connection: Any = None) -> Result:
+            connection: Any = None, timeout: float | None = None,
+            max_attempts: int = 1) -> Result:
     """Queue ``func(*args, **kwargs)``; the full form of every option.
+
+    ``timeout``: seconds the task may run before it is terminated and recorded as failed
+    (default: the worker's ``--task-timeout``, if any). ``max_attempts``: how many times
+    the task may start; a task lost with its worker is re-queued while attempts remain.
 
     ``connection``: a psycopg connection, a SQLAlchemy ``Connection`` or ``Session``, or
     any DBAPI connection. The task is then inserted in that transaction and exists only if
@@ -87,6 +93,8 @@ def enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
         "priority": _int("priority", priority),
         "num_proc": _int("num_proc", num_proc, minimum=0),
         "num_of_task_type": _json(_type_limits(num_of_task_type), "num_of_task_type"),
+        "max_attempts": _int("max_attempts", max_attempts, minimum=1),
+        "timeout": _seconds("timeout", timeout),
         "args": _json_args(args),
         "kwargs": _json_kwargs(kwargs),
     }
@@ -158,6 +166,15 @@ def _int(name: str, value: object, *, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise InvalidOption(f"{name} must be >= {minimum}, not {value}")
     return value
+
+
+def _seconds(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or value == float("inf"):
+        raise InvalidOption(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
 
 
 def _type_limits(limits: object) -> dict[str, int]:
@@ -260,8 +277,8 @@ def wait_task(task: object, timeout: float | None = None) -> BackgroundTask:
     while True:
         try:
             return _wait_on_connection(tid, deadline)
-        except psycopg.OperationalError:
-            _sleep_until_retry(deadline, tid)
+        except (psycopg.OperationalError, DatabaseUnavailable):
+            _sleep_until_retry(deadline, tid)  # then reconnect, re-LISTEN and look again
 
 
 def _wait_on_connection(tid: uuid.UUID, deadline: float | None) -> BackgroundTask:

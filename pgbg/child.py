@@ -50,14 +50,24 @@ def run(task: BackgroundTask, report_fd: int, parent_pid: int) -> NoReturn:
         os._exit(code)
 
 
+PARENT_DIED = signal.SIGRTMIN + 3  # sent to the child by the kernel when the worker dies
+
+
+def _kill_own_group(_signum: int, _frame: object) -> None:
+    os.killpg(0, signal.SIGKILL)  # the task and everything it started, this process included
+
+
 def _isolate(parent_pid: int) -> None:
     os.setpgid(0, 0)  # own process group: terminating the task kills all it started
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the worker died before the death signal was armed
-        os._exit(1)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
+    # When the worker dies, the kernel signals the child, which kills its whole group,
+    # grandchildren included: a task never outlives the worker that owns it.
+    signal.signal(PARENT_DIED, _kill_own_group)
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, int(PARENT_DIED), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the worker died before the death signal was armed
+        os.killpg(0, signal.SIGKILL)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)

@@ -25,7 +25,7 @@ app.add_typer(db_app, name="db")
 
 F = TypeVar("F", bound=Callable[..., Any])
 _LOG_FIELDS = ("task_id", "task_type", "pid", "worker_id", "attempt", "delay", "concurrency",
-               "running")
+               "running", "status")
 
 
 class _Formatter(logging.Formatter):
@@ -78,6 +78,12 @@ def worker(
         help="On SIGTERM/SIGINT, seconds to let running tasks finish before killing them.")] = 30.0,
     kill_grace: Annotated[float, typer.Option(
         help="Seconds between SIGTERM and SIGKILL when a task is terminated.")] = 5.0,
+    heartbeat_interval: Annotated[float, typer.Option(
+        help="Seconds between heartbeats (and checks for lost workers).")] = 5.0,
+    lease: Annotated[float, typer.Option(
+        help="Seconds without a heartbeat after which a worker's tasks are recovered.")] = 30.0,
+    task_timeout: Annotated[float | None, typer.Option(
+        help="Default time limit per task, in seconds (enqueue(timeout=) overrides).")] = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Run tasks, each in its own child process, until stopped.
@@ -91,7 +97,8 @@ def worker(
 
     _setup_logging(log_level)
     w = Worker(concurrency, poll_interval=poll_interval, shutdown_timeout=shutdown_timeout,
-               kill_grace=kill_grace)
+               kill_grace=kill_grace, heartbeat_interval=heartbeat_interval, lease=lease,
+               task_timeout=task_timeout)
 
     def on_signal(signum: int, _frame: object) -> None:
         w.stop(force=signum == signal.SIGINT and w._stopping)

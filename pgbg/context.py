@@ -43,7 +43,7 @@ def record_task_info(message: str) -> None:
     if _current is None:
         return
     with db.shared_connection() as conn:
-        queries.task_record_info(conn, _current.id, _current.attempt, str(message))
+        queries.task_record_info(conn, _current, str(message))
     _current = dataclasses.replace(_current, info=str(message))
 
 
@@ -56,7 +56,7 @@ def record_task_error_exit(message: str) -> None:
     if _current is None:
         return
     with db.shared_connection() as conn:
-        queries.task_record_error_exit(conn, _current.id, _current.attempt, str(message))
+        queries.task_record_error_exit(conn, _current, str(message))
     _current = dataclasses.replace(_current, status=TaskStatus.FAILED, error=str(message))
     _current, _error_exit_recorded = None, True
 

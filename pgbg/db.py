@@ -92,11 +92,13 @@ def mask_url(url: str) -> str:
     return _PASSWORD_PARAM.sub(lambda m: f"{m['head']}***", url)
 
 
-def connect(url: str | None = None, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+def connect(url: str | None = None, *, autocommit: bool = True,
+            application_name: str = "pgbg") -> psycopg.Connection[Any]:
     """A new connection; failures become ``DatabaseUnavailable`` naming the masked URL."""
     target = url or database_url()
     try:
-        return psycopg.connect(target, autocommit=autocommit, connect_timeout=10)
+        return psycopg.connect(target, autocommit=autocommit, connect_timeout=10,
+                               application_name=application_name)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailable(

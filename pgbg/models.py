@@ -47,6 +47,8 @@ class BackgroundTask:
     hostname: str | None = None
     pid: int | None = None
     attempt: int = 0
+    max_attempts: int = 1
+    timeout: float | None = None
     exit_code: int | None = None
     signal: int | None = None
     info: str | None = None

@@ -35,9 +35,10 @@ def _task(row: Mapping[str, Any]) -> BackgroundTask:
 TASK_INSERT = """
 WITH inserted AS (
     INSERT INTO pgbg.task (id, task_type, func, args, kwargs, priority, num_proc,
-                           num_of_task_type)
+                           num_of_task_type, max_attempts, timeout)
     VALUES (%(id)s::uuid, %(task_type)s, %(func)s, %(args)s::jsonb, %(kwargs)s::jsonb,
-            %(priority)s, %(num_proc)s, %(num_of_task_type)s::jsonb)
+            %(priority)s, %(num_proc)s, %(num_of_task_type)s::jsonb, %(max_attempts)s,
+            %(timeout)s)
     RETURNING id
 )
 SELECT pg_notify('""" + notify.QUEUED + """', '') FROM inserted
@@ -169,22 +170,25 @@ def task_cancel_queued(conn: psycopg.Connection[Any], task_id: uuid.UUID,
 
 # -- tasks: what a running task records about itself ---------------------------------
 
-def task_record_info(conn: psycopg.Connection[Any], task_id: uuid.UUID, attempt: int,
-                     message: str) -> None:
+def task_record_info(conn: psycopg.Connection[Any], task: BackgroundTask, message: str) -> None:
     with conn.transaction():
-        conn.execute("UPDATE pgbg.task SET info = %s WHERE id = %s AND attempt = %s",
-                     (message, task_id, attempt))
-        task_log_insert(conn, task_id, "info", message)
+        conn.execute(
+            """UPDATE pgbg.task SET info = %s
+                WHERE id = %s AND worker_id = %s AND attempt = %s AND status = 'running'""",
+            (message, task.id, task.worker_id, task.attempt))
+        task_log_insert(conn, task.id, "info", message)
 
 
-def task_record_error_exit(conn: psycopg.Connection[Any], task_id: uuid.UUID, attempt: int,
+def task_record_error_exit(conn: psycopg.Connection[Any], task: BackgroundTask,
                            message: str) -> None:
+    task_id = task.id
     with conn.transaction():
         row = conn.execute(
             """UPDATE pgbg.task SET status = 'failed', error = %s,
                       finished_at = clock_timestamp()
-                WHERE id = %s AND attempt = %s AND status = 'running' RETURNING id""",
-            (message, task_id, attempt),
+                WHERE id = %s AND worker_id = %s AND attempt = %s AND status = 'running'
+            RETURNING id""",
+            (message, task_id, task.worker_id, task.attempt),
         ).fetchone()
         task_log_insert(conn, task_id, "error", message)
         if row:
@@ -222,8 +226,70 @@ def worker_register(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostnam
     )
 
 
-def worker_heartbeat(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> None:
-    conn.execute("UPDATE pgbg.worker SET heartbeat_at = now() WHERE id = %s", (worker_id,))
+def worker_heartbeat(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str,
+                     pid: int, concurrency: int) -> bool:
+    """Renew the worker's lease; False if its row was gone (it had been presumed dead)."""
+    row = conn.execute(
+        """INSERT INTO pgbg.worker (id, hostname, pid, concurrency) VALUES (%s, %s, %s, %s)
+           ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+           RETURNING xmax <> 0""",
+        (worker_id, hostname, pid, concurrency),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def task_list_owned(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
+                    tasks: Sequence[tuple[uuid.UUID, int]]) -> set[uuid.UUID]:
+    """Which of ``(task id, attempt)`` are still this worker's running attempt."""
+    rows = conn.execute(
+        """SELECT t.id FROM pgbg.task t
+             JOIN unnest(%s::uuid[], %s::int[]) AS s(id, attempt)
+               ON t.id = s.id AND t.attempt = s.attempt
+            WHERE t.worker_id = %s AND t.status = 'running'""",
+        ([t[0] for t in tasks], [t[1] for t in tasks], worker_id),
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+WORKER_LOST = "worker lost: its lease lapsed while the task ran"
+
+
+def task_recover_lost(conn: psycopg.Connection[Any],
+                      lease_seconds: float) -> list[tuple[uuid.UUID, TaskStatus]]:
+    """Remove workers whose lease lapsed (database clock) and recover their running tasks:
+    re-queued while attempts remain, else failed. Right after a server restart every lease
+    looks lapsed, so nothing is recovered until one lease has passed since the restart."""
+    with conn.transaction():
+        rows = conn.execute(
+            """WITH lost_worker AS (
+                   DELETE FROM pgbg.worker
+                    WHERE heartbeat_at < now() - make_interval(secs => %(lease)s)
+                      AND now() - pg_postmaster_start_time() > make_interval(secs => %(lease)s)
+                   RETURNING id
+               ), lost AS (
+                   SELECT id FROM pgbg.task t
+                    WHERE status = 'running'
+                      AND (worker_id IN (SELECT id FROM lost_worker)
+                           OR NOT EXISTS (SELECT 1 FROM pgbg.worker w WHERE w.id = t.worker_id))
+                    FOR UPDATE SKIP LOCKED
+               )
+               UPDATE pgbg.task t
+                  SET status = CASE WHEN attempt < max_attempts THEN 'queued'::pgbg.task_status
+                                    ELSE 'failed'::pgbg.task_status END,
+                      error = %(error)s,
+                      finished_at = CASE WHEN attempt < max_attempts THEN NULL
+                                         ELSE clock_timestamp() END
+                 FROM lost WHERE t.id = lost.id
+               RETURNING t.id, t.status::text, t.attempt""",
+            {"lease": lease_seconds, "error": WORKER_LOST},
+        ).fetchall()
+        for task_id, status, attempt in rows:
+            task_log_insert(conn, task_id, "error", f"attempt {attempt}: {WORKER_LOST}")
+            if status == TaskStatus.QUEUED:
+                conn.execute("SELECT pg_notify(%s, '')", (notify.QUEUED,))
+            else:
+                conn.execute("SELECT pg_notify(%s, %s)", (notify.DONE, str(task_id)))
+    return [(row[0], TaskStatus(row[1])) for row in rows]
 
 
 def worker_unregister(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> None:

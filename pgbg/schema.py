@@ -13,6 +13,7 @@ from sqlalchemy import (
     Computed,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -58,6 +59,8 @@ task = Table(
     Column("hostname", Text),
     Column("pid", Integer),
     Column("attempt", Integer, nullable=False, server_default=text("0")),
+    Column("max_attempts", Integer, nullable=False, server_default=text("1")),
+    Column("timeout", Float),  # seconds the task may run; NULL: the worker's default
     Column("exit_code", Integer),
     Column("signal", Integer),
     Column("info", Text),

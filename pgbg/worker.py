@@ -39,7 +39,9 @@ class _Child:
     pidfd: int
     pipe: int
     output: bytearray = field(default_factory=bytearray)
+    deadline: float | None = None  # when its time limit runs out (monotonic)
     killed_by_worker: str | None = None  # why the worker killed it, if it did
+    kill_status: TaskStatus = TaskStatus.TERMINATED  # what a kill is recorded as
     kill_at: float | None = None  # when SIGTERM escalates to SIGKILL
 
 
@@ -51,16 +53,24 @@ class Worker:
     """
 
     def __init__(self, concurrency: int = 1, *, poll_interval: float = 5.0,
-                 heartbeat_interval: float = 10.0, shutdown_timeout: float = 30.0,
-                 kill_grace: float = 5.0) -> None:
+                 heartbeat_interval: float = 5.0, lease: float = 30.0,
+                 shutdown_timeout: float = 30.0, kill_grace: float = 5.0,
+                 task_timeout: float | None = None) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidOption(f"concurrency must be a positive int, not {concurrency!r}")
+        if not 0 < heartbeat_interval < lease:
+            raise InvalidOption("the heartbeat interval must be positive and shorter than the "
+                                f"lease ({heartbeat_interval} vs {lease})")
+        if task_timeout is not None and not task_timeout > 0:
+            raise InvalidOption(f"task_timeout must be positive, not {task_timeout!r}")
         self.id = uuid.uuid4()
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
+        self.lease = lease
         self.shutdown_timeout = shutdown_timeout
         self.kill_grace = kill_grace
+        self.task_timeout = task_timeout
         self.hostname = socket.gethostname()
         self._conn: psycopg.Connection[Any] | None = None
         self._selector = selectors.DefaultSelector()
@@ -130,6 +140,7 @@ class Worker:
         if self._hard_stop_at is not None and now >= self._hard_stop_at:
             self._kill_all("the worker stopped before the task finished")
         self._escalate_kills(now)
+        self._enforce_time_limits(now)
         if self._children and now >= self._next_cancel_check:
             self._check_cancel_requests()
         due = self._want_claim or now >= self._next_poll
@@ -176,7 +187,8 @@ class Worker:
     def _wait_time(self, timeout: float | None) -> float:
         now = time.monotonic()
         deadlines = [self._next_heartbeat]
-        deadlines += [c.kill_at for c in self._children.values() if c.kill_at is not None]
+        for c in self._children.values():
+            deadlines += [t for t in (c.kill_at, c.deadline) if t is not None]
         if self._children:
             deadlines.append(self._next_cancel_check)
         if self._stopping:
@@ -226,6 +238,9 @@ class Worker:
             pass  # the child already exec'd or exited; its own setpgid covers it
         os.set_blocking(read_fd, False)
         running = _Child(task=task, pid=pid, pidfd=os.pidfd_open(pid), pipe=read_fd)
+        limit = task.timeout or self.task_timeout
+        if limit:
+            running.deadline = time.monotonic() + limit
         self._children[pid] = running
         self._selector.register(running.pidfd, selectors.EVENT_READ, ("pidfd", running))
         self._selector.register(read_fd, selectors.EVENT_READ, ("pipe", running))
@@ -272,15 +287,24 @@ class Worker:
                 running.kill_at = time.monotonic()
                 _kill_group(running, signal.SIGKILL)
 
-    def _terminate(self, running: _Child, reason: str) -> None:
+    def _terminate(self, running: _Child, reason: str,
+                   status: TaskStatus = TaskStatus.TERMINATED) -> None:
         """SIGTERM the child's process group now, SIGKILL it after the grace period."""
         if running.killed_by_worker is not None:
             return
         running.killed_by_worker = reason
+        running.kill_status = status
         running.kill_at = time.monotonic() + self.kill_grace
         _kill_group(running, signal.SIGTERM)
         logger.info("terminating task", extra={"task_id": str(running.task.id),
                                                "pid": running.pid})
+
+    def _enforce_time_limits(self, now: float) -> None:
+        for running in self._children.values():
+            if running.deadline is not None and now >= running.deadline:
+                running.deadline = None
+                limit = running.task.timeout or self.task_timeout
+                self._terminate(running, f"timed out after {limit:g}s", TaskStatus.FAILED)
 
     def _escalate_kills(self, now: float) -> None:
         for running in self._children.values():
@@ -340,17 +364,34 @@ class Worker:
                                extra={"task_id": str(o.task_id), "attempt": o.attempt})
 
     def _heartbeat(self) -> None:
+        """Renew the lease, drop children whose tasks are no longer ours, recover the lost."""
         self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+        conn = self._conn
+        assert conn is not None
         try:
-            assert self._conn is not None
-            queries.worker_heartbeat(self._conn, self.id)
+            if not queries.worker_heartbeat(conn, self.id, self.hostname, os.getpid(),
+                                            self.concurrency):
+                logger.warning("this worker had been presumed dead; registered again",
+                               extra={"worker_id": str(self.id)})
+            if self._children:
+                attempts = [(c.task.id, c.task.attempt) for c in self._children.values()]
+                owned = queries.task_list_owned(conn, self.id, attempts)
+                for running in self._children.values():
+                    if running.task.id not in owned and running.killed_by_worker is None:
+                        # Recovered elsewhere after our lease lapsed: it must not run twice.
+                        running.killed_by_worker = "the task is no longer this worker's"
+                        running.kill_at = time.monotonic()
+                        _kill_group(running, signal.SIGKILL)
+            for task_id, status in queries.task_recover_lost(conn, self.lease):
+                logger.warning("recovered a task lost with its worker",
+                               extra={"task_id": str(task_id), "status": status.value})
         except psycopg.OperationalError:
             self._reconnect()
 
     # -- the connection ------------------------------------------------------------
 
     def _connect(self) -> None:
-        conn = db.connect()
+        conn = db.connect(application_name=f"pgbg worker {self.id}")
         notify.listen(conn, notify.QUEUED, notify.CANCEL)
         self._conn = conn
         self._selector.register(conn.fileno(), selectors.EVENT_READ, ("db", None))
@@ -373,7 +414,9 @@ class Worker:
                 logger.warning("database unavailable; retrying", extra={"delay": delay})
                 self._reap_ready_children(delay)
                 delay = min(delay * 2, 5.0)
+        # Rescan everything that may have happened while we were away.
         self._want_claim = True
+        self._next_heartbeat = self._next_cancel_check = 0.0
 
     def _reap_ready_children(self, timeout: float) -> None:
         """While the database is away, keep reaping (outcomes wait to be written)."""
@@ -403,7 +446,7 @@ def _outcome(running: _Child, wait_status: int) -> Outcome:
         except ValueError:
             report = {}
     if running.killed_by_worker is not None:
-        return Outcome(task.id, task.attempt, TaskStatus.TERMINATED,
+        return Outcome(task.id, task.attempt, running.kill_status,
                        error=running.killed_by_worker, exit_code=code, signal=sig)
     if report:
         status = TaskStatus(report["status"])

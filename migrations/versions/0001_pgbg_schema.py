@@ -142,6 +142,8 @@ def upgrade() -> None:
     sa.Column('hostname', sa.Text(), nullable=True),
     sa.Column('pid', sa.Integer(), nullable=True),
     sa.Column('attempt', sa.Integer(), server_default=sa.text('0'), nullable=False),
+    sa.Column('max_attempts', sa.Integer(), server_default=sa.text('1'), nullable=False),
+    sa.Column('timeout', sa.Float(), nullable=True),
     sa.Column('exit_code', sa.Integer(), nullable=True),
     sa.Column('signal', sa.Integer(), nullable=True),
     sa.Column('info', sa.Text(), nullable=True),
