@@ -202,6 +202,14 @@ def _ensure_database(srv: Server) -> None:
             conn.execute(f'CREATE DATABASE "{DATABASE}"')
 
 
+def restart() -> None:
+    """Restart the user's embedded server (connections drop; data and settings stay)."""
+    srv = server()
+    with _locked(home()):
+        _run([_bin("pg_ctl"), "-D", str(srv.data_dir), "-l", str(srv.log_path), "-m", "fast",
+              "-w", "-t", "120", "restart"], "restarting the embedded PostgreSQL server")
+
+
 def stop() -> bool:
     """Stop the user's embedded server; False when it was not running."""
     srv = server()

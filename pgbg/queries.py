@@ -251,6 +251,20 @@ def task_list_owned(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
     return {row[0] for row in rows}
 
 
+def task_release_unstarted(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
+                           started: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """Re-queue tasks claimed for this worker that it never started (the claim committed
+    but its reply was lost with the connection). The attempt never ran, so it is undone."""
+    rows = conn.execute(
+        """UPDATE pgbg.task SET status = 'queued', attempt = attempt - 1, worker_id = NULL,
+                  hostname = NULL, started_at = NULL
+            WHERE worker_id = %s AND status = 'running' AND id <> ALL(%s::uuid[])
+        RETURNING id""",
+        (worker_id, list(started)),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
 WORKER_LOST = "worker lost: its lease lapsed while the task ran"
 
 

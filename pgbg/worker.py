@@ -73,6 +73,7 @@ class Worker:
         self.task_timeout = task_timeout
         self.hostname = socket.gethostname()
         self._conn: psycopg.Connection[Any] | None = None
+        self._conn_fd = -1  # as registered with the selector (a broken conn cannot say)
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
@@ -394,17 +395,15 @@ class Worker:
         conn = db.connect(application_name=f"pgbg worker {self.id}")
         notify.listen(conn, notify.QUEUED, notify.CANCEL)
         self._conn = conn
-        self._selector.register(conn.fileno(), selectors.EVENT_READ, ("db", None))
+        self._conn_fd = conn.fileno()
+        self._selector.register(self._conn_fd, selectors.EVENT_READ, ("db", None))
 
     def _reconnect(self) -> None:
         """Reconnect with backoff; then rescan, so nothing that happened meanwhile is missed."""
         if self._conn is not None:
-            try:
-                self._selector.unregister(self._conn.fileno())
-            except (KeyError, ValueError, OSError, psycopg.Error):
-                pass
+            self._selector.unregister(self._conn_fd)
             self._conn.close()
-            self._conn = None
+            self._conn, self._conn_fd = None, -1
         delay = 0.1
         while True:
             try:
@@ -417,6 +416,14 @@ class Worker:
         # Rescan everything that may have happened while we were away.
         self._want_claim = True
         self._next_heartbeat = self._next_cancel_check = 0.0
+        try:
+            assert self._conn is not None
+            started = [c.task.id for c in self._children.values()]
+            for task_id in queries.task_release_unstarted(self._conn, self.id, started):
+                logger.warning("re-queued a task claimed as the connection dropped",
+                               extra={"task_id": str(task_id)})
+        except psycopg.OperationalError:
+            pass  # the next failing call reconnects again
 
     def _reap_ready_children(self, timeout: float) -> None:
         """While the database is away, keep reaping (outcomes wait to be written)."""

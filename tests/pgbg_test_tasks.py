@@ -102,3 +102,12 @@ class Holder:
 
     def method(self) -> None:
         return None
+
+
+def logged_work(seconds: float) -> int:
+    """Log which attempt ran in which process, then work for a while."""
+    task = pgbg.get_current_task()
+    assert task is not None
+    pgbg.record_task_info(f"ran attempt {task.attempt} in pid {os.getpid()}")
+    time.sleep(seconds)
+    return task.attempt
