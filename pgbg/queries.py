@@ -7,14 +7,14 @@ SQLAlchemy connection on any DBAPI driver.
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from pgbg import notify
 from pgbg.models import BackgroundTask, TaskStatus
@@ -121,50 +121,63 @@ class Outcome:
     error_exit_recorded: bool = False  # the task already marked itself failed
 
 
+TASK_FINISH = """
+WITH outcome AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(statuses)s::text[],
+                         %(results)s::text[], %(errors)s::text[], %(exit_codes)s::int[],
+                         %(signals)s::int[], %(error_exits)s::boolean[])
+        AS o(id, attempt, status, result, error, exit_code, signal, error_exit)
+), written AS (
+    UPDATE pgbg.task t
+       SET status = CASE WHEN t.status = 'running'
+                         THEN o.status::pgbg.task_status ELSE t.status END,
+           result = CASE WHEN t.status = 'running' THEN o.result::jsonb ELSE t.result END,
+           error = CASE WHEN t.status = 'running' THEN o.error ELSE t.error END,
+           finished_at = coalesce(t.finished_at, clock_timestamp()),
+           exit_code = o.exit_code, signal = o.signal
+      FROM outcome o
+     WHERE t.id = o.id AND t.worker_id = %(worker_id)s AND t.attempt = o.attempt
+       AND (t.status = 'running'
+            OR (o.error_exit AND t.status = 'failed' AND t.exit_code IS NULL))
+    RETURNING t.id
+)
+SELECT id, pg_notify('""" + notify.DONE + """', id::text) FROM written
+"""
+
+
 def task_finish(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
-                outcomes: Iterable[Outcome]) -> list[uuid.UUID]:
-    """Write each outcome, fenced by (worker, attempt, state); return the ids written.
+                outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
+    """Write a batch of outcomes in one statement, each fenced by (worker, attempt, state),
+    and notify waiters; return the ids written.
 
     A task that already recorded its own failure (``record_task_error_exit``) keeps its
     status and message; only the exit code is added.
     """
-    written: list[uuid.UUID] = []
-    with conn.transaction():
-        for o in outcomes:
-            row = conn.execute(
-                """UPDATE pgbg.task
-                      SET status = CASE WHEN status = 'running'
-                                        THEN %(status)s::pgbg.task_status ELSE status END,
-                          result = CASE WHEN status = 'running' THEN %(result)s ELSE result END,
-                          error = CASE WHEN status = 'running' THEN %(error)s ELSE error END,
-                          finished_at = coalesce(finished_at, clock_timestamp()),
-                          exit_code = %(exit_code)s, signal = %(signal)s
-                    WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-                      AND (status = 'running'
-                           OR (%(error_exit)s AND status = 'failed' AND exit_code IS NULL))
-                RETURNING id""",
-                {"status": o.status.value, "result": None if o.result is None else Jsonb(o.result),
-                 "error": o.error, "exit_code": o.exit_code, "signal": o.signal, "id": o.task_id,
-                 "worker_id": worker_id, "attempt": o.attempt, "error_exit": o.error_exit_recorded},
-            ).fetchone()
-            if row:
-                written.append(o.task_id)
-                conn.execute("SELECT pg_notify(%s, %s)", (notify.DONE, str(o.task_id)))
-    return written
+    rows = conn.execute(TASK_FINISH, {
+        "ids": [o.task_id for o in outcomes],
+        "attempts": [o.attempt for o in outcomes],
+        "statuses": [o.status.value for o in outcomes],
+        "results": [None if o.result is None else json.dumps(o.result) for o in outcomes],
+        "errors": [o.error for o in outcomes],
+        "exit_codes": [o.exit_code for o in outcomes],
+        "signals": [o.signal for o in outcomes],
+        "error_exits": [o.error_exit_recorded for o in outcomes],
+        "worker_id": worker_id,
+    }).fetchall()
+    return [row[0] for row in rows]
 
 
 def task_cancel_queued(conn: psycopg.Connection[Any], task_id: uuid.UUID,
                        reason: str) -> bool:
     """Cancel a task that has not started; False if it is not (or no longer) queued."""
-    with conn.transaction():
-        row = conn.execute(
-            """UPDATE pgbg.task SET status = 'cancelled', finished_at = clock_timestamp(),
+    row = conn.execute(
+        """WITH cancelled AS (
+               UPDATE pgbg.task SET status = 'cancelled', finished_at = clock_timestamp(),
                       error = %s
-                WHERE id = %s AND status = 'queued' RETURNING id""",
-            (reason, task_id),
-        ).fetchone()
-        if row:
-            conn.execute("SELECT pg_notify(%s, %s)", (notify.DONE, str(task_id)))
+                WHERE id = %s AND status = 'queued' RETURNING id)
+           SELECT pg_notify(%s, id::text) FROM cancelled""",
+        (reason, task_id, notify.DONE),
+    ).fetchone()
     return row is not None
 
 
@@ -181,18 +194,17 @@ def task_record_info(conn: psycopg.Connection[Any], task: BackgroundTask, messag
 
 def task_record_error_exit(conn: psycopg.Connection[Any], task: BackgroundTask,
                            message: str) -> None:
-    task_id = task.id
     with conn.transaction():
-        row = conn.execute(
-            """UPDATE pgbg.task SET status = 'failed', error = %s,
-                      finished_at = clock_timestamp()
-                WHERE id = %s AND worker_id = %s AND attempt = %s AND status = 'running'
-            RETURNING id""",
-            (message, task_id, task.worker_id, task.attempt),
-        ).fetchone()
-        task_log_insert(conn, task_id, "error", message)
-        if row:
-            conn.execute("SELECT pg_notify(%s, %s)", (notify.DONE, str(task_id)))
+        conn.execute(
+            """WITH failed AS (
+                   UPDATE pgbg.task SET status = 'failed', error = %s,
+                          finished_at = clock_timestamp()
+                    WHERE id = %s AND worker_id = %s AND attempt = %s AND status = 'running'
+                RETURNING id)
+               SELECT pg_notify(%s, id::text) FROM failed""",
+            (message, task.id, task.worker_id, task.attempt, notify.DONE),
+        )
+        task_log_insert(conn, task.id, "error", message)
 
 
 def task_log_insert(conn: psycopg.Connection[Any], task_id: uuid.UUID, level: str,
@@ -315,16 +327,15 @@ def worker_unregister(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> No
 def task_request_cancel(conn: psycopg.Connection[Any], task_id: uuid.UUID,
                         requested_by: str) -> bool:
     """Mark a running task for termination and tell its worker; False if not running."""
-    with conn.transaction():
-        row = conn.execute(
-            """UPDATE pgbg.task
+    row = conn.execute(
+        """WITH marked AS (
+               UPDATE pgbg.task
                   SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp()),
                       cancel_requested_by = coalesce(cancel_requested_by, %s)
-                WHERE id = %s AND status = 'running' RETURNING id""",
-            (requested_by, task_id),
-        ).fetchone()
-        if row:
-            conn.execute("SELECT pg_notify(%s, %s)", (notify.CANCEL, str(task_id)))
+                WHERE id = %s AND status = 'running' RETURNING id)
+           SELECT pg_notify(%s, id::text) FROM marked""",
+        (requested_by, task_id, notify.CANCEL),
+    ).fetchone()
     return row is not None
 
 

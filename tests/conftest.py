@@ -115,14 +115,15 @@ class Driver:
         self.worker = worker
 
     def until(self, predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
+        """Step the worker until ``predicate`` holds."""
+
+        def step() -> Any:
             value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s driving the worker")
-            self.worker.run_once(timeout=0.05)
+            if not value:
+                self.worker.run_once(timeout=0.05)
+            return value
+
+        return wait_for(step, timeout, interval=0, message="the worker to get there")
 
     def until_done(self, *results: pgbg.Result, timeout: float = 30.0) -> None:
         self.until(lambda: all(pgbg.get_task(r).complete for r in results), timeout)
