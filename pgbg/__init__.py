@@ -3,6 +3,16 @@
 Queue a function, see it as a row, limit how many run at once, wait for it, kill it.
 """
 
+from pgbg.admin import (
+    doctor,
+    get_task_links,
+    get_task_log,
+    list_tasks,
+    list_workers,
+    purge_tasks,
+    retry_task,
+    task_stats,
+)
 from pgbg.api import (
     Result,
     enqueue,
@@ -29,6 +39,7 @@ from pgbg.exceptions import (
     InvalidOption,
     InvalidTaskFunction,
     InvalidTaskId,
+    InvalidTaskState,
     NotSerializable,
     PgbgError,
     SchemaMissing,
@@ -47,6 +58,7 @@ __all__ = [
     "InvalidOption",
     "InvalidTaskFunction",
     "InvalidTaskId",
+    "InvalidTaskState",
     "NotSerializable",
     "PgbgError",
     "QueuedTask",
@@ -58,17 +70,25 @@ __all__ = [
     "TaskStatus",
     "Worker",
     "configure",
+    "doctor",
     "enqueue",
     "get_current_task",
     "get_or_generate_task_uuid",
     "get_queued_tasks",
     "get_task",
+    "get_task_links",
+    "get_task_log",
+    "list_tasks",
+    "list_workers",
+    "purge_tasks",
     "record_task_error_exit",
     "record_task_info",
     "record_task_related",
     "remove_task_from_queue",
+    "retry_task",
     "run_in_background",
     "run_in_background_with_limits",
+    "task_stats",
     "terminate_background",
     "wait_task",
 ]

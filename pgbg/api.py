@@ -34,7 +34,6 @@ from pgbg.exceptions import (
 from pgbg.models import BackgroundTask, QueuedTask, TaskStatus
 
 WAIT_POLL_INTERVAL = 5.0  # the fallback when a completion NOTIFY is missed
-TaskRef = "Result | BackgroundTask | QueuedTask | uuid.UUID | str"
 
 
 @dataclass(frozen=True)
@@ -313,24 +312,8 @@ def get_queued_tasks(task_type: str | None = None) -> list[QueuedTask]:
     ``task_type`` matches exactly. ``queue_position`` is the 1-based place in the whole
     queue, so it means the same with or without the filter.
     """
-    with db.shared_connection() as conn, conn.transaction():
-        queued = queries.task_list_queued(conn)
-        running = queries.task_count_running(conn)
-    total = sum(running.values())
-    waiting = []
-    for position, task in enumerate(queued, start=1):
-        if task_type is not None and task.task_type != task_type:
-            continue
-        blocked_by = []
-        if task.num_proc and total >= task.num_proc:
-            blocked_by.append(f"num_proc: {total} tasks running, limit {task.num_proc}")
-        for other_type, limit in task.num_of_task_type.items():
-            if running.get(other_type, 0) >= limit:
-                blocked_by.append(f"{other_type}: {running[other_type]} running, limit {limit}")
-        waiting.append(QueuedTask(task_id=str(task.id), task_type=task.task_type,
-                                  queue_position=position, priority=task.priority,
-                                  queued_at=task.queued_at, waiting_for=blocked_by))
-    return waiting
+    with db.shared_connection() as conn:
+        return queries.queue_list(conn, task_type)
 
 
 def remove_task_from_queue(task: object) -> None:

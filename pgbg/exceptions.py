@@ -52,7 +52,11 @@ class TaskNotFound(PgbgError, LookupError):
     """No task has that id."""
 
 
-class TaskAlreadyStarted(PgbgError):
+class InvalidTaskState(PgbgError):
+    """The task is not in a state that allows this."""
+
+
+class TaskAlreadyStarted(InvalidTaskState):
     """The task has already started, so it cannot be removed from the queue."""
 
 

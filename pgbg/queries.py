@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgbg import notify
-from pgbg.models import BackgroundTask, TaskStatus
+from pgbg.models import BackgroundTask, QueuedTask, TaskStatus
 
 
 class Executor(Protocol):
@@ -63,17 +63,19 @@ def task_status(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> TaskStatus
     return TaskStatus(row[0]) if row else None
 
 
-def task_list_queued(conn: psycopg.Connection[Any],
-                     task_type: str | None = None) -> list[BackgroundTask]:
-    """Queued tasks in the order workers consider them."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            """SELECT * FROM pgbg.task
-                WHERE status = 'queued' AND (%(type)s::text IS NULL OR task_type = %(type)s)
-                ORDER BY priority DESC, queued_at, id""",
-            {"type": task_type},
-        ).fetchall()
-    return [_task(row) for row in rows]
+def queue_list(conn: psycopg.Connection[Any], task_type: str | None = None,
+               limit: int | None = None) -> list[QueuedTask]:
+    """Queued tasks in the order workers consider them, with what blocks each (the view
+    ``pgbg.queue``); ``queue_position`` is the place in the whole queue."""
+    rows = conn.execute(
+        """SELECT id, task_type, queue_position, priority, queued_at, blocked_by
+             FROM pgbg.queue
+            WHERE %(type)s::text IS NULL OR task_type = %(type)s
+            ORDER BY queue_position LIMIT %(limit)s""",
+        {"type": task_type, "limit": limit},
+    ).fetchall()
+    return [QueuedTask(task_id=str(r[0]), task_type=r[1], queue_position=r[2], priority=r[3],
+                       queued_at=r[4], waiting_for=list(r[5])) for r in rows]
 
 
 def task_count_running(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -407,3 +409,148 @@ def task_count_terminal(conn: psycopg.Connection[Any], task_ids: Sequence[uuid.U
     row = conn.execute("SELECT count(*) FROM pgbg.task WHERE id = ANY(%s) AND complete",
                        (list(task_ids),)).fetchone()
     return int(row[0]) if row else 0
+
+
+# -- operating the queue -------------------------------------------------------------
+
+def task_list(conn: psycopg.Connection[Any], statuses: Sequence[str] | None,
+              task_type: str | None, since: float | None, limit: int) -> list[BackgroundTask]:
+    """Newest first; ``since`` in seconds before now (queued since)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            """SELECT * FROM pgbg.task
+                WHERE (%(statuses)s::text[] IS NULL OR status::text = ANY(%(statuses)s))
+                  AND (%(type)s::text IS NULL OR task_type = %(type)s)
+                  AND (%(since)s::float IS NULL
+                       OR queued_at >= now() - make_interval(secs => %(since)s))
+                ORDER BY queued_at DESC, id LIMIT %(limit)s""",
+            {"statuses": list(statuses) if statuses else None, "type": task_type,
+             "since": since, "limit": limit},
+        ).fetchall()
+    return [_task(row) for row in rows]
+
+
+def task_link_list(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> list[tuple[str, str]]:
+    rows = conn.execute("SELECT kind, key FROM pgbg.task_link WHERE task_id = %s ORDER BY 1, 2",
+                        (task_id,)).fetchall()
+    return [(row[0], row[1]) for row in rows]
+
+
+def worker_list(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            """SELECT w.id, w.hostname, w.pid, w.concurrency,
+                      (SELECT count(*) FROM pgbg.task t
+                        WHERE t.status = 'running' AND t.worker_id = w.id) AS running,
+                      w.started_at, w.heartbeat_at,
+                      extract(epoch FROM now() - w.heartbeat_at)::float AS heartbeat_age
+                 FROM pgbg.worker w ORDER BY w.hostname, w.pid""").fetchall()
+
+
+def task_requeue(conn: psycopg.Connection[Any], task_id: uuid.UUID,
+                 note: str) -> TaskStatus | None:
+    """Queue a finished, unsuccessful task again as a new attempt; return the status it had
+    (None: no such task). Only failed, terminated and cancelled tasks are re-queued."""
+    with conn.transaction():
+        row = conn.execute("SELECT status::text FROM pgbg.task WHERE id = %s FOR UPDATE",
+                           (task_id,)).fetchone()
+        if row is None:
+            return None
+        status = TaskStatus(row[0])
+        if status in (TaskStatus.FAILED, TaskStatus.TERMINATED, TaskStatus.CANCELLED):
+            conn.execute(
+                """UPDATE pgbg.task
+                      SET status = 'queued', queued_at = clock_timestamp(), started_at = NULL,
+                          finished_at = NULL, worker_id = NULL, hostname = NULL, pid = NULL,
+                          exit_code = NULL, signal = NULL, error = NULL, result = NULL,
+                          cancel_requested_at = NULL, cancel_requested_by = NULL,
+                          max_attempts = greatest(max_attempts, attempt + 1)
+                    WHERE id = %s""", (task_id,))
+            task_log_insert(conn, task_id, "info", note)
+            conn.execute("SELECT pg_notify(%s, '')", (notify.QUEUED,))
+    return status
+
+
+def task_purge_batch(conn: psycopg.Connection[Any], older_than: float,
+                     statuses: Sequence[str], batch_size: int) -> int:
+    """Delete one batch of finished tasks (their log and links go with them)."""
+    row = conn.execute(
+        """WITH doomed AS (
+               SELECT id FROM pgbg.task
+                WHERE finished_at < now() - make_interval(secs => %s)
+                  AND status::text = ANY(%s) AND complete
+                ORDER BY finished_at LIMIT %s
+                FOR UPDATE SKIP LOCKED),
+           deleted AS (DELETE FROM pgbg.task t USING doomed WHERE t.id = doomed.id RETURNING 1)
+           SELECT count(*) FROM deleted""",
+        (older_than, list(statuses), batch_size),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def task_stats(conn: psycopg.Connection[Any], window: float) -> list[dict[str, Any]]:
+    """Per type: what waits and runs now, what finished in the window, and wait/run time
+    percentiles (seconds) of the tasks that started in the window."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            """WITH recent AS (
+                   SELECT * FROM pgbg.task_duration
+                    WHERE status IN ('queued', 'running')
+                       OR finished_at >= now() - make_interval(secs => %(window)s)
+                       OR started_at >= now() - make_interval(secs => %(window)s))
+               SELECT task_type,
+                      count(*) FILTER (WHERE status = 'queued') AS queued,
+                      count(*) FILTER (WHERE status = 'running') AS running,
+                      count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+                      count(*) FILTER (WHERE status = 'failed') AS failed,
+                      count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+                      count(*) FILTER (WHERE status = 'terminated') AS terminated,
+                      extract(epoch FROM percentile_cont(0.5)
+                              WITHIN GROUP (ORDER BY wait_time))::float AS wait_p50,
+                      extract(epoch FROM percentile_cont(0.95)
+                              WITHIN GROUP (ORDER BY wait_time))::float AS wait_p95,
+                      extract(epoch FROM percentile_cont(0.5)
+                              WITHIN GROUP (ORDER BY run_time))::float AS run_p50,
+                      extract(epoch FROM percentile_cont(0.95)
+                              WITHIN GROUP (ORDER BY run_time))::float AS run_p95
+                 FROM recent GROUP BY task_type ORDER BY task_type""",
+            {"window": window}).fetchall()
+
+
+# -- diagnostics ---------------------------------------------------------------------
+
+def doctor_readings(conn: psycopg.Connection[Any], lease: float) -> dict[str, Any]:
+    """The numbers ``pgbg doctor`` judges, in one round trip."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            """SELECT
+                 (SELECT n_dead_tup FROM pg_stat_user_tables
+                   WHERE schemaname = 'pgbg' AND relname = 'task') AS dead_tuples,
+                 (SELECT n_live_tup FROM pg_stat_user_tables
+                   WHERE schemaname = 'pgbg' AND relname = 'task') AS live_tuples,
+                 (SELECT greatest(last_autovacuum, last_vacuum) FROM pg_stat_user_tables
+                   WHERE schemaname = 'pgbg' AND relname = 'task') AS last_vacuum,
+                 (SELECT extract(epoch FROM now() - min(xact_start))::float
+                    FROM pg_stat_activity
+                   WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid()
+                     AND backend_type = 'client backend') AS oldest_transaction,
+                 pg_notification_queue_usage() AS notify_queue_usage,
+                 (SELECT count(*) FROM pgbg.worker
+                   WHERE heartbeat_at < now() - make_interval(secs => %(lease)s))
+                   AS lapsed_workers,
+                 (SELECT count(*) FROM pgbg.task t WHERE status = 'running' AND NOT EXISTS (
+                     SELECT 1 FROM pgbg.worker w WHERE w.id = t.worker_id
+                       AND w.heartbeat_at >= now() - make_interval(secs => %(lease)s)))
+                   AS stuck_running,
+                 (SELECT array_agg(indexname::text) FROM pg_indexes
+                   WHERE schemaname = 'pgbg') AS indexes""",
+            {"lease": lease}).fetchone()
+    assert row is not None
+    return dict(row)
+
+
+def task_count_queued(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT task_type, count(*) FROM pgbg.task WHERE status = 'queued' GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    return {task_type: count for task_type, count in rows}

@@ -1,4 +1,4 @@
-"""pgbg schema: tasks, their logs and links, workers, the claim function, reporting views.
+"""pgbg schema: tasks, their logs and links, workers, and the claim function.
 
 Revision ID: 0001
 Revises:
@@ -93,30 +93,6 @@ END;
 $$
 """
 
-VIEWS = [
-    """
-    CREATE VIEW pgbg.queue AS
-    SELECT row_number() OVER (ORDER BY priority DESC, queued_at, id) AS queue_position,
-           id, task_type, func, priority, num_proc, num_of_task_type, queued_at
-      FROM pgbg.task
-     WHERE status = 'queued'
-    """,
-    """
-    CREATE VIEW pgbg.task_type_stats AS
-    SELECT task_type,
-           count(*) FILTER (WHERE status = 'queued') AS queued,
-           count(*) FILTER (WHERE status = 'running') AS running,
-           count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
-           count(*) FILTER (WHERE status = 'failed') AS failed,
-           count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
-           count(*) FILTER (WHERE status = 'terminated') AS terminated,
-           avg(started_at - queued_at) FILTER (WHERE started_at IS NOT NULL) AS avg_wait,
-           avg(finished_at - started_at)
-               FILTER (WHERE finished_at IS NOT NULL AND started_at IS NOT NULL) AS avg_run
-      FROM pgbg.task
-     GROUP BY task_type
-    """,
-]
 
 revision = '0001'
 down_revision = None
@@ -191,13 +167,9 @@ def upgrade() -> None:
     )
     op.create_index('task_log_task_idx', 'task_log', ['task_id', 'id'], unique=False, schema='pgbg')
     op.execute(CLAIM_FUNCTION)
-    for view in VIEWS:
-        op.execute(view)
 
 
 def downgrade() -> None:
-    op.execute("DROP VIEW pgbg.task_type_stats")
-    op.execute("DROP VIEW pgbg.queue")
     op.execute("DROP FUNCTION pgbg.task_claim(uuid, text, integer)")
     op.drop_index('task_log_task_idx', table_name='task_log', schema='pgbg')
     op.drop_table('task_log', schema='pgbg')

@@ -1,71 +1,15 @@
-"""The ``pgbg`` command. Each command is a thin wrapper over a library function.
-
-Errors print one line and exit non-zero; no traceback reaches the user.
-"""
+"""Commands that run things: the worker, migrations, the demo, the embedded server."""
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import signal
-import sys
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
 from pgbg import db
-from pgbg.exceptions import PgbgError
-
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
-                  help="PostgreSQL-backed background tasks.")
-db_app = typer.Typer(no_args_is_help=True, help="The database pgbg uses.")
-app.add_typer(db_app, name="db")
-
-F = TypeVar("F", bound=Callable[..., Any])
-_LOG_FIELDS = ("task_id", "task_type", "pid", "worker_id", "attempt", "delay", "concurrency",
-               "running", "status")
-
-
-class _Formatter(logging.Formatter):
-    """Constant messages, with the structured fields appended as key=value."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        fields = [f"{k}={getattr(record, k)}" for k in _LOG_FIELDS if hasattr(record, k)]
-        return f"{text} {' '.join(fields)}" if fields else text
-
-
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("pgbg")
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
-
-
-def command(func: F) -> F:
-    """Turn pgbg's errors into one line on stderr and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except PgbgError as exc:
-            raise _fail(str(exc)) from None
-        except TimeoutError as exc:
-            raise _fail(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+from pgbg.cli.common import JsonOption, LogLevel, app, command, db_app, setup_logging
 
 
 @app.command()
@@ -95,7 +39,7 @@ def worker(
     """
     from pgbg.worker import Worker
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
     w = Worker(concurrency, poll_interval=poll_interval, shutdown_timeout=shutdown_timeout,
                kill_grace=kill_grace, heartbeat_interval=heartbeat_interval, lease=lease,
                task_timeout=task_timeout)
@@ -181,9 +125,7 @@ def db_stop() -> None:
 
 @db_app.command("status")
 @command
-def db_status(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+def db_status(as_json: JsonOption = False) -> None:
     """Say which database pgbg uses and whether the embedded server runs.
 
     Example: pgbg db status --json
@@ -199,7 +141,3 @@ def db_status(
     else:
         for key, value in status.items():
             typer.echo(f"{key}: {value}")
-
-
-def main() -> None:
-    app()
