@@ -134,7 +134,8 @@ def test_doctor_passes_on_a_healthy_database(database_url: str) -> None:
 
 
 BAD = [
-    (["show", str(uuid.UUID(int=1))], "error: no task with id 00000000-0000-0000-0000-000000000001"),
+    (["show", str(uuid.UUID(int=1))],
+     "error: no task with id 00000000-0000-0000-0000-000000000001"),
     (["show", "12345"], "error: '12345' is not a task id (a UUID)"),
     (["terminate", str(uuid.UUID(int=1))], "error: no task with id"),
     (["remove", "nope"], "error: 'nope' is not a task id (a UUID)"),
