@@ -105,6 +105,57 @@ def enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
     return Result(task_uuid)
 
 
+def enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Sequence[Any]],
+                 kwargs_list: Sequence[Mapping[str, Any]] | None = None, *, task_type: str,
+                 priority: int = 0, num_proc: int = 0,
+                 num_of_task_type: Mapping[str, int] | None = None, connection: Any = None,
+                 timeout: float | None = None, max_attempts: int = 1) -> list[Result]:
+    """Queue ``func`` once per argument set, with the same options, in a few statements
+    and one notification per batch. ``kwargs_list``, if given, pairs with ``args_list``.
+
+    Everything is validated first: one bad argument set queues nothing (the error names
+    which). With ``connection=``, the tasks join the caller's transaction.
+    """
+    if kwargs_list is not None and len(kwargs_list) != len(args_list):
+        raise InvalidOption(f"kwargs_list has {len(kwargs_list)} items, args_list "
+                            f"{len(args_list)}")
+    common = {
+        "func": function_name(func),
+        "task_type": _task_type(task_type),
+        "priority": _int("priority", priority),
+        "num_proc": _int("num_proc", num_proc, minimum=0),
+        "num_of_task_type": _json(_type_limits(num_of_task_type), "num_of_task_type"),
+        "max_attempts": _int("max_attempts", max_attempts, minimum=1),
+        "timeout": _seconds("timeout", timeout),
+    }
+    ids = [uuid.uuid4() for _ in args_list]
+    args_json, kwargs_json = [], []
+    for index, args in enumerate(args_list):
+        try:
+            args_json.append(_json_args(args))
+            kwargs_json.append(_json_kwargs(kwargs_list[index] if kwargs_list else None))
+        except (NotSerializable, InvalidOption) as exc:
+            raise type(exc)(f"call {index}: {exc}") from exc
+    batches = [
+        {**common, "ids": [str(i) for i in ids[start:start + BULK_BATCH]],
+         "args": args_json[start:start + BULK_BATCH],
+         "kwargs": kwargs_json[start:start + BULK_BATCH]}
+        for start in range(0, len(ids), BULK_BATCH)
+    ]
+    if connection is None:
+        with db.shared_connection() as conn, conn.transaction():
+            for batch in batches:
+                queries.task_insert_many(lambda sql, p: conn.execute(sql, p), batch)
+    else:
+        execute = _executor(connection)
+        for batch in batches:
+            queries.task_insert_many(execute, batch)
+    return [Result(i) for i in ids]
+
+
+BULK_BATCH = 5000
+
+
 def run_in_background_with_limits(func: Callable[..., Any] | str, task_type: str, num_proc: int,
                                   num_of_task_type: Mapping[str, int] | None, *args: Any,
                                   **kwargs: Any) -> Result:
@@ -200,9 +251,12 @@ def _json(value: Any, what: str) -> str:
 def _json_args(args: object) -> str:
     if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
         raise InvalidOption(f"args must be a list or tuple, not {type(args).__name__}")
-    for index, value in enumerate(args):
-        _json(value, f"positional argument {index}")
-    return _json(list(args), "args")
+    try:
+        return json.dumps(list(args), allow_nan=False)
+    except (TypeError, ValueError):
+        for index, value in enumerate(args):  # only on failure: find the culprit
+            _json(value, f"positional argument {index}")
+        raise
 
 
 def _json_kwargs(kwargs: object) -> str:
@@ -210,11 +264,15 @@ def _json_kwargs(kwargs: object) -> str:
         return "{}"
     if not isinstance(kwargs, Mapping):
         raise InvalidOption(f"kwargs must be a dict, not {type(kwargs).__name__}")
-    for key, value in kwargs.items():
+    for key in kwargs:
         if not isinstance(key, str):
             raise InvalidOption(f"keyword argument names must be strings, not {key!r}")
-        _json(value, f"keyword argument {key!r}")
-    return _json(dict(kwargs), "kwargs")
+    try:
+        return json.dumps(dict(kwargs), allow_nan=False)
+    except (TypeError, ValueError):
+        for key, value in kwargs.items():
+            _json(value, f"keyword argument {key!r}")
+        raise
 
 
 def _executor(connection: Any) -> queries.Executor:

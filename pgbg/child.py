@@ -1,14 +1,13 @@
 """What runs in the forked child: isolate, import, call, report, ``os._exit``.
 
-The child never touches the parent's connections: it reports its outcome as one JSON
-message on a pipe, and opens a connection of its own only if the task records something.
+The child is forked by the fork server, not by the worker, and holds no database
+connection: it reports what it records and how it ended as JSON lines on a pipe.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import importlib
 import json
 import os
@@ -20,11 +19,12 @@ from typing import Any, NoReturn
 from pgbg import context
 from pgbg.models import BackgroundTask
 
-_PR_SET_PDEATHSIG = 1
-try:  # loaded once in the parent, so a child pays nothing for it
-    _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+PARENT_DIED = signal.SIGRTMIN + 3  # sent by the kernel when the forking process dies
+try:  # loaded once before forking, so a child pays nothing for it
+    libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
 except OSError:  # pragma: no cover - not Linux
-    _libc = None
+    libc = None
 
 
 def resolve(func: str) -> Any:
@@ -41,16 +41,14 @@ def run(task: BackgroundTask, report_fd: int, parent_pid: int) -> NoReturn:
     code = 70  # EX_SOFTWARE, should reporting itself fail
     try:
         _isolate(parent_pid)
+        context.enter(task.__class__(**{**task.__dict__, "pid": os.getpid()}), report_fd)
         message, code = _call(task)
-        _report(report_fd, message)
+        context.report(message)
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(code)
-
-
-PARENT_DIED = signal.SIGRTMIN + 3  # sent to the child by the kernel when the worker dies
 
 
 def _kill_own_group(_signum: int, _frame: object) -> None:
@@ -61,12 +59,12 @@ def _isolate(parent_pid: int) -> None:
     os.setpgid(0, 0)  # own process group: terminating the task kills all it started
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
-    # When the worker dies, the kernel signals the child, which kills its whole group,
-    # grandchildren included: a task never outlives the worker that owns it.
+    # When the process that forked it dies, the kernel signals the child, which kills its
+    # whole group, grandchildren included: a task never outlives the worker that owns it.
     signal.signal(PARENT_DIED, _kill_own_group)
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, int(PARENT_DIED), 0, 0, 0)
-    if os.getppid() != parent_pid:  # the worker died before the death signal was armed
+    if libc is not None:
+        libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DIED), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
         os.killpg(0, signal.SIGKILL)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -74,31 +72,22 @@ def _isolate(parent_pid: int) -> None:
 
 
 def _call(task: BackgroundTask) -> tuple[dict[str, Any], int]:
-    context.enter(dataclasses.replace(task, pid=os.getpid()))
+    outcome: dict[str, Any] = {"kind": "outcome"}
     try:
         func = resolve(task.func)
         result = func(*task.args, **task.kwargs)
     except SystemExit as exc:
         if exc.code is None or exc.code == 0:
-            return {"status": "succeeded"}, 0
+            return {**outcome, "status": "succeeded"}, 0
         if isinstance(exc.code, int):
-            return {"status": "failed", "error": f"exited with code {exc.code}"}, exc.code & 0xFF
-        return {"status": "failed", "error": str(exc.code)}, 1
+            return {**outcome, "status": "failed",
+                    "error": f"exited with code {exc.code}"}, exc.code & 0xFF
+        return {**outcome, "status": "failed", "error": str(exc.code)}, 1
     except BaseException:
-        return {"status": "failed", "error": traceback.format_exc()}, 1
+        return {**outcome, "status": "failed", "error": traceback.format_exc()}, 1
     try:
         json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        return {"status": "failed",
+        return {**outcome, "status": "failed",
                 "error": f"the return value is not JSON-serialisable: {exc}"}, 1
-    return {"status": "succeeded", "result": result}, 0
-
-
-def _report(fd: int, message: dict[str, Any]) -> None:
-    message["error_exit"] = context.error_exit_recorded()
-    data = json.dumps(message, allow_nan=False).encode()
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-    os.close(fd)
+    return {**outcome, "status": "succeeded", "result": result}, 0

@@ -1,29 +1,36 @@
 """The current task, inside the child process that runs it.
 
-Outside a task every function here is a harmless no-op (or returns None), as in the
-original module, so library code can call them whether or not it runs in the background.
+The child holds no database connection: what a task records (progress, failure, links)
+travels as one JSON line on the pipe to the worker, which writes it, fenced like every
+other write of that attempt. Outside a task every function here is a harmless no-op (or
+returns None), as in the original module, so library code can call them anywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import uuid
+from typing import Any
 
-from pgbg import db, queries
-from pgbg.models import BackgroundTask, TaskStatus
+from pgbg.models import BackgroundTask
 
 _current: BackgroundTask | None = None
-_error_exit_recorded = False
+_report_fd = -1
 
 
-def enter(task: BackgroundTask) -> None:
+def enter(task: BackgroundTask, report_fd: int) -> None:
     """Called once by the child before it runs the task's function."""
-    global _current, _error_exit_recorded
-    _current, _error_exit_recorded = task, False
+    global _current, _report_fd
+    _current, _report_fd = task, report_fd
 
 
-def error_exit_recorded() -> bool:
-    return _error_exit_recorded
+def report(message: dict[str, Any]) -> None:
+    """Send one message to the worker (blocking until the pipe takes it)."""
+    data = memoryview(json.dumps(message, allow_nan=False).encode() + b"\n")
+    while data:
+        data = data[os.write(_report_fd, data):]
 
 
 def get_current_task() -> BackgroundTask | None:
@@ -42,8 +49,7 @@ def record_task_info(message: str) -> None:
     global _current
     if _current is None:
         return
-    with db.shared_connection() as conn:
-        queries.task_record_info(conn, _current, str(message))
+    report({"kind": "info", "message": str(message)})
     _current = dataclasses.replace(_current, info=str(message))
 
 
@@ -52,18 +58,15 @@ def record_task_error_exit(message: str) -> None:
 
     What the function does afterwards does not change that outcome.
     """
-    global _current, _error_exit_recorded
+    global _current
     if _current is None:
         return
-    with db.shared_connection() as conn:
-        queries.task_record_error_exit(conn, _current, str(message))
-    _current = dataclasses.replace(_current, status=TaskStatus.FAILED, error=str(message))
-    _current, _error_exit_recorded = None, True
+    report({"kind": "error_exit", "message": str(message)})
+    _current = None
 
 
 def record_task_related(kind: str, key: object) -> None:
     """Inside a task: link it to an application object, e.g. ``("study", 1234)``."""
     if _current is None:
         return
-    with db.shared_connection() as conn:
-        queries.task_link_insert(conn, _current.id, str(kind), str(key))
+    report({"kind": "related", "link_kind": str(kind), "key": str(key)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -59,6 +59,20 @@ class BackgroundTask:
     complete: bool = False
     completed_successfully: bool = False
 
+    def to_wire(self) -> dict[str, Any]:
+        """As plain JSON values (to hand to the fork server)."""
+        return {f.name: _wire(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> BackgroundTask:
+        values = dict(data)
+        for name in ("id", "worker_id"):
+            values[name] = uuid.UUID(values[name]) if values[name] else None
+        for name in ("queued_at", "started_at", "finished_at", "cancel_requested_at"):
+            values[name] = datetime.fromisoformat(values[name]) if values[name] else None
+        values["status"] = TaskStatus(values["status"])
+        return cls(**values)
+
     # Names the original module used, so code written against it keeps working.
     @property
     def uuid(self) -> str:
@@ -67,6 +81,16 @@ class BackgroundTask:
     @property
     def proc_id(self) -> int | None:
         return self.pid
+
+
+def _wire(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,24 @@ def task_insert(execute: Executor, params: Mapping[str, Any]) -> None:
     execute(TASK_INSERT, params)
 
 
+TASK_INSERT_MANY = """
+WITH inserted AS (
+    INSERT INTO pgbg.task (id, task_type, func, args, kwargs, priority, num_proc,
+                           num_of_task_type, max_attempts, timeout)
+    SELECT id, %(task_type)s, %(func)s, args::jsonb, kwargs::jsonb, %(priority)s,
+           %(num_proc)s, %(num_of_task_type)s::jsonb, %(max_attempts)s, %(timeout)s
+      FROM unnest(%(ids)s::uuid[], %(args)s::text[], %(kwargs)s::text[]) AS t(id, args, kwargs)
+    RETURNING 1
+)
+SELECT pg_notify('""" + notify.QUEUED + """', '') WHERE EXISTS (SELECT 1 FROM inserted)
+"""
+
+
+def task_insert_many(execute: Executor, params: Mapping[str, Any]) -> None:
+    """Insert a batch of tasks with one statement and one notification."""
+    execute(TASK_INSERT_MANY, params)
+
+
 # -- tasks: reading ------------------------------------------------------------------
 
 def task_get(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> BackgroundTask | None:

@@ -1,52 +1,55 @@
-"""The worker: one parent process, one single-threaded loop, one forked child per task.
+"""The worker: one parent process, one single-threaded loop, one child per task.
 
-The loop waits (``selectors``) on the LISTEN connection, a wake-up pipe for ``stop()``,
-and, per running child, a pidfd (readable when the child exits, so reaping needs no
-SIGCHLD handler and a recycled pid is never mistaken for ours) and the pipe the child
-reports its outcome on. It claims when woken by NOTIFY, when a slot frees up, and on a
-slow poll, so a lost notification costs latency, never a task.
+The worker holds the database connection and decides; the fork server (a small process
+it starts, see ``forkserver.py``) forks, because forking from a process that has loaded
+the database driver is several times slower. The loop waits (``selectors``) on the
+LISTEN connection, the fork server's events and a wake-up pipe for ``stop()``. It claims
+when woken by NOTIFY, when a slot frees up, and on a slow poll, so a lost notification
+costs latency, never a task. Every database write of the loop goes through one ordered
+queue, kept across reconnects, so nothing a task reported is lost while the database is
+away.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import selectors
 import signal
 import socket
+import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
-from pgbg import child, db, notify, queries
+from pgbg import db, notify, queries
 from pgbg.exceptions import DatabaseUnavailable, InvalidOption
 from pgbg.models import BackgroundTask, TaskStatus
 from pgbg.queries import Outcome
 
 logger = logging.getLogger(__name__)
+FORKSERVER_LOST = "the worker's fork server died while the task ran"
 
 
 @dataclass
 class _Child:
     task: BackgroundTask
-    pid: int
-    pidfd: int
-    pipe: int
-    output: bytearray = field(default_factory=bytearray)
+    pid: int | None = None  # known once the fork server says it started
     deadline: float | None = None  # when its time limit runs out (monotonic)
     killed_by_worker: str | None = None  # why the worker killed it, if it did
     kill_status: TaskStatus = TaskStatus.TERMINATED  # what a kill is recorded as
     kill_at: float | None = None  # when SIGTERM escalates to SIGKILL
+    error_exit: bool = False  # the task recorded its own failure
+    report: dict[str, Any] | None = None  # the child's own account of how it ended
 
 
 class Worker:
-    """Runs queued tasks, at most ``concurrency`` at a time, each in a forked child.
+    """Runs queued tasks, at most ``concurrency`` at a time, each in its own child process.
 
     ``run()`` loops until ``stop()``; ``run_once()`` is one step of that loop, for tests
     and for embedding in a loop of your own. Only the CLI installs signal handlers.
@@ -76,9 +79,13 @@ class Worker:
         self._conn_fd = -1  # as registered with the selector (a broken conn cannot say)
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
-        self._children: dict[int, _Child] = {}
-        self._unwritten: list[Outcome] = []
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._forkserver: subprocess.Popen[bytes] | None = None
+        self._commands = -1  # to the fork server
+        self._events = -1  # from the fork server
+        self._events_partial = b""
+        self._children: dict[str, _Child] = {}
+        self._writes: list[tuple[str, Any]] = []  # in order; outcomes and pids batch up
         self._want_claim = True
         self._next_poll = 0.0
         self._next_heartbeat = 0.0
@@ -93,16 +100,17 @@ class Worker:
     def running(self) -> int:
         return len(self._children)
 
+    @property
+    def forkserver_pid(self) -> int | None:
+        return self._forkserver.pid if self._forkserver else None
+
     def stop(self, *, force: bool = False) -> None:
-        """Stop claiming; let running tasks finish (``force``: kill them now).
+        """Stop claiming; let running tasks finish (``force``, or a second call: kill them).
 
         Safe to call from a signal handler: it only sets flags and writes one byte.
         """
         now = time.monotonic()
-        if self._stopping or force:
-            self._hard_stop_at = now
-        else:
-            self._hard_stop_at = now + self.shutdown_timeout
+        self._hard_stop_at = now if (self._stopping or force) else now + self.shutdown_timeout
         self._stopping = True
         try:
             os.write(self._wake_w, b"x")
@@ -120,6 +128,7 @@ class Worker:
                     announced = True
                     logger.info("worker stopping; waiting for running tasks",
                                 extra={"worker_id": str(self.id), "running": self.running})
+            self._flush_writes()
         finally:
             self.close()
 
@@ -129,6 +138,7 @@ class Worker:
         self._connect()
         assert self._conn is not None
         queries.worker_register(self._conn, self.id, self.hostname, os.getpid(), self.concurrency)
+        self._start_forkserver()
         self._next_heartbeat = time.monotonic() + self.heartbeat_interval
         self._started = True
         logger.info("worker started", extra={"worker_id": str(self.id),
@@ -147,28 +157,19 @@ class Worker:
         due = self._want_claim or now >= self._next_poll
         if due and not self._stopping and self._free_slots():
             self._claim()
-        wait = self._wait_time(timeout)
-        self._dispatch(self._selector.select(wait))
-        self._write_outcomes()
+        for key, _mask in self._selector.select(self._wait_time(timeout)):
+            if key.data == "db":
+                self._on_notifications()
+            elif key.data == "events":
+                self._on_forkserver_events()
+            else:
+                self._drain_wake_pipe()
+        self._flush_writes()
         if time.monotonic() >= self._next_heartbeat:
             self._heartbeat()
 
-    def _dispatch(self, events: list[tuple[selectors.SelectorKey, int]],
-                  with_database: bool = True) -> None:
-        for key, _mask in events:
-            kind, data = key.data
-            # One batch may hold a child's exit and its pipe: reaping closes the pipe,
-            # so an event whose fd no longer belongs to a live child is stale.
-            if kind == "pidfd" and data.pidfd == key.fd:
-                self._reap(data)
-            elif kind == "pipe" and data.pipe == key.fd:
-                self._read_report(data)
-            elif kind == "wake":
-                self._drain_wake_pipe()
-            elif kind == "db" and with_database:
-                self._on_notifications()
-
     def close(self) -> None:
+        self._stop_forkserver()
         if self._conn is not None and not self._conn.closed:
             try:
                 queries.worker_unregister(self._conn, self.id)
@@ -180,7 +181,7 @@ class Worker:
             os.close(fd)
         logger.info("worker stopped", extra={"worker_id": str(self.id)})
 
-    # -- the loop's parts ------------------------------------------------------------
+    # -- claiming ------------------------------------------------------------------
 
     def _free_slots(self) -> int:
         return self.concurrency - len(self._children)
@@ -199,7 +200,7 @@ class Worker:
             if self._want_claim:
                 return 0.0
             deadlines.append(self._next_poll)
-        if self._unwritten:
+        if self._writes:
             deadlines.append(now + 1.0)  # retry writes the database refused
         wait = max(0.0, min(deadlines) - now)
         return wait if timeout is None else min(wait, timeout)
@@ -214,79 +215,119 @@ class Worker:
             self._reconnect()
             return
         self._want_claim = len(tasks) == free  # a full batch: more may be waiting
-        started = [self._fork(task) for task in tasks]
-        if started:
-            try:
-                assert self._conn is not None
-                queries.task_set_pids(self._conn, self.id,
-                                      [(c.task.id, c.task.attempt, c.pid) for c in started])
-            except psycopg.OperationalError:
-                self._reconnect()
+        for task in tasks:
+            running = _Child(task)
+            limit = task.timeout or self.task_timeout
+            if limit:
+                running.deadline = time.monotonic() + limit
+            self._children[str(task.id)] = running
+            self._send({"op": "run", "task": task.to_wire()})
 
-    def _fork(self, task: BackgroundTask) -> _Child:
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        parent_pid = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            os.close(read_fd)
-            child.run(task, write_fd, parent_pid)
-        os.close(write_fd)
+    # -- the fork server -----------------------------------------------------------
+
+    def _start_forkserver(self) -> None:
+        cmd_r, cmd_w = os.pipe2(os.O_CLOEXEC)
+        event_r, event_w = os.pipe2(os.O_CLOEXEC)
+        # The fork server imports task modules as this process would.
+        path = os.pathsep.join(p for p in sys.path if p)
+        env = {**os.environ, "PYTHONPATH": path, "PGBG_DATABASE_URL": db.database_url()}
+        self._forkserver = subprocess.Popen(
+            [sys.executable, "-m", "pgbg.forkserver", str(cmd_r), str(event_w), str(os.getpid())],
+            pass_fds=(cmd_r, event_w), env=env, stdin=subprocess.DEVNULL)
+        os.close(cmd_r)
+        os.close(event_w)
+        self._commands, self._events, self._events_partial = cmd_w, event_r, b""
+        os.set_blocking(event_r, False)
+        self._selector.register(event_r, selectors.EVENT_READ, "events")
+
+    def _stop_forkserver(self) -> None:
+        if self._forkserver is None:
+            return
+        os.close(self._commands)  # end of file: it kills what still runs, then exits
+        self._selector.unregister(self._events)
+        os.close(self._events)
         try:
-            os.setpgid(pid, pid)  # also done by the child; whichever runs first wins
-        except OSError:
-            pass  # the child already exec'd or exited; its own setpgid covers it
-        os.set_blocking(read_fd, False)
-        running = _Child(task=task, pid=pid, pidfd=os.pidfd_open(pid), pipe=read_fd)
-        limit = task.timeout or self.task_timeout
-        if limit:
-            running.deadline = time.monotonic() + limit
-        self._children[pid] = running
-        self._selector.register(running.pidfd, selectors.EVENT_READ, ("pidfd", running))
-        self._selector.register(read_fd, selectors.EVENT_READ, ("pipe", running))
-        logger.debug("task started", extra={"task_id": str(task.id), "task_type": task.task_type,
-                                            "pid": pid})
-        return running
+            self._forkserver.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._forkserver.kill()
+            self._forkserver.wait()
+        self._forkserver = None
 
-    def _read_report(self, running: _Child) -> bool:
-        """Read what the child has written; True at end of file."""
+    def _send(self, command: dict[str, Any]) -> None:
+        data = memoryview(json.dumps(command).encode() + b"\n")
+        while data:
+            data = data[os.write(self._commands, data):]
+
+    def _on_forkserver_events(self) -> None:
+        chunks = []
         while True:
             try:
-                chunk = os.read(running.pipe, 65536)
+                chunk = os.read(self._events, 65536)
             except BlockingIOError:
-                return False
+                break
             if not chunk:
-                self._selector.unregister(running.pipe)
-                os.close(running.pipe)
-                running.pipe = -1
-                return True
-            running.output += chunk
+                self._forkserver_lost()
+                return
+            chunks.append(chunk)
+        lines = (self._events_partial + b"".join(chunks)).split(b"\n")
+        self._events_partial = lines.pop()
+        for line in lines:
+            event = json.loads(line)
+            running = self._children.get(event["task_id"]) if "task_id" in event else None
+            if running is None:
+                continue
+            if event["ev"] == "started":
+                running.pid = event["pid"]
+                self._writes.append(("pid", (running.task.id, running.task.attempt,
+                                             running.pid)))
+            elif event["ev"] == "message":
+                self._on_child_message(running, event["message"])
+            elif event["ev"] == "exited":
+                del self._children[event["task_id"]]
+                self._writes.append(("outcome", _outcome(running, event["status"])))
+                self._want_claim = True
 
-    def _reap(self, running: _Child) -> None:
-        # The child has exited but is not reaped, so its pid (and group id) cannot have
-        # been reused: kill whatever it left behind in its group, then reap it.
-        _kill_group(running, signal.SIGKILL)
-        _pid, status = os.waitpid(running.pid, 0)
-        if running.pipe >= 0:
-            self._read_report(running)  # the child's report is in the pipe buffer by now
-            if running.pipe >= 0:  # a grandchild still holds the pipe open: stop waiting on it
-                self._selector.unregister(running.pipe)
-                os.close(running.pipe)
-                running.pipe = -1
-        self._selector.unregister(running.pidfd)
-        os.close(running.pidfd)
-        running.pidfd = -1
-        del self._children[running.pid]
-        self._unwritten.append(_outcome(running, status))
-        self._want_claim = True
+    def _on_child_message(self, running: _Child, message: dict[str, Any]) -> None:
+        kind = message.get("kind")
+        if kind == "outcome":
+            running.report = message
+        elif kind == "error_exit":
+            running.error_exit = True
+            self._writes.append(("error_exit", (running.task, message["message"])))
+        elif kind == "info":
+            self._writes.append(("info", (running.task, message["message"])))
+        elif kind == "related":
+            self._writes.append(("related", (running.task.id, message["link_kind"],
+                                             message["key"])))
+
+    def _forkserver_lost(self) -> None:
+        """Its children died with it (parent-death signal): record them, start a new one."""
+        logger.error("the fork server died; restarting it", extra={"worker_id": str(self.id)})
+        for running in self._children.values():
+            task = running.task
+            self._writes.append(("outcome", Outcome(task.id, task.attempt, TaskStatus.FAILED,
+                                                    error=FORKSERVER_LOST)))
+        self._children.clear()
+        os.close(self._commands)
+        self._selector.unregister(self._events)
+        os.close(self._events)
+        if self._forkserver is not None:
+            self._forkserver.wait()
+        self._start_forkserver()
+
+    # -- killing -------------------------------------------------------------------
+
+    def _signal(self, running: _Child, sig: signal.Signals) -> None:
+        """Signal the task's process group, through the process that forked (and so
+        alone reaps) it: a pid it has not reaped cannot have been reused."""
+        self._send({"op": "signal", "task_id": str(running.task.id), "sig": int(sig)})
 
     def _kill_all(self, reason: str) -> None:
         for running in self._children.values():
             if running.kill_at is None or running.killed_by_worker is None:
                 running.killed_by_worker = running.killed_by_worker or reason
                 running.kill_at = time.monotonic()
-                _kill_group(running, signal.SIGKILL)
+                self._signal(running, signal.SIGKILL)
 
     def _terminate(self, running: _Child, reason: str,
                    status: TaskStatus = TaskStatus.TERMINATED) -> None:
@@ -296,7 +337,7 @@ class Worker:
         running.killed_by_worker = reason
         running.kill_status = status
         running.kill_at = time.monotonic() + self.kill_grace
-        _kill_group(running, signal.SIGTERM)
+        self._signal(running, signal.SIGTERM)
         logger.info("terminating task", extra={"task_id": str(running.task.id),
                                                "pid": running.pid})
 
@@ -310,7 +351,7 @@ class Worker:
     def _escalate_kills(self, now: float) -> None:
         for running in self._children.values():
             if running.kill_at is not None and now >= running.kill_at:
-                _kill_group(running, signal.SIGKILL)
+                self._signal(running, signal.SIGKILL)
                 running.kill_at = now + 1.0  # keep at it until the child is reaped
 
     def _check_cancel_requests(self) -> None:
@@ -328,6 +369,8 @@ class Worker:
         for task_id, requested_by in requested:
             self._terminate(by_task[task_id], f"terminated by {requested_by or 'request'}")
 
+    # -- the database ----------------------------------------------------------------
+
     def _on_notifications(self) -> None:
         try:
             assert self._conn is not None
@@ -337,8 +380,7 @@ class Worker:
             return
         if any(n.channel == notify.QUEUED for n in notes):
             self._want_claim = True
-        ours = {str(c.task.id) for c in self._children.values()}
-        if any(n.channel == notify.CANCEL and n.payload in ours for n in notes):
+        if any(n.channel == notify.CANCEL and n.payload in self._children for n in notes):
             self._check_cancel_requests()
 
     def _drain_wake_pipe(self) -> None:
@@ -348,21 +390,39 @@ class Worker:
         except BlockingIOError:
             pass
 
-    def _write_outcomes(self) -> None:
-        if not self._unwritten:
-            return
-        outcomes, self._unwritten = self._unwritten, []
-        try:
-            assert self._conn is not None
-            written = set(queries.task_finish(self._conn, self.id, outcomes))
-        except psycopg.OperationalError:
-            self._unwritten = outcomes + self._unwritten  # written once the database is back
-            self._reconnect()
-            return
-        for o in outcomes:
-            if o.task_id not in written:
-                logger.warning("outcome not written: the task is no longer ours",
-                               extra={"task_id": str(o.task_id), "attempt": o.attempt})
+    def _flush_writes(self) -> None:
+        """Write what the loop collected, in order, batching runs of pids and outcomes."""
+        while self._writes:
+            kind = self._writes[0][0]
+            count = 1
+            if kind in ("pid", "outcome"):
+                while count < len(self._writes) and self._writes[count][0] == kind:
+                    count += 1
+            batch = [item for _kind, item in self._writes[:count]]
+            try:
+                self._write(kind, batch)
+            except psycopg.OperationalError:
+                self._reconnect()  # kept: written once the database is back
+                return
+            del self._writes[:count]
+
+    def _write(self, kind: str, batch: list[Any]) -> None:
+        conn = self._conn
+        assert conn is not None
+        if kind == "pid":
+            queries.task_set_pids(conn, self.id, batch)
+        elif kind == "outcome":
+            written = set(queries.task_finish(conn, self.id, batch))
+            for o in batch:
+                if o.task_id not in written:
+                    logger.warning("outcome not written: the task is no longer ours",
+                                   extra={"task_id": str(o.task_id), "attempt": o.attempt})
+        elif kind == "info":
+            queries.task_record_info(conn, *batch[0])
+        elif kind == "error_exit":
+            queries.task_record_error_exit(conn, *batch[0])
+        elif kind == "related":
+            queries.task_link_insert(conn, *batch[0])
 
     def _heartbeat(self) -> None:
         """Renew the lease, drop children whose tasks are no longer ours, recover the lost."""
@@ -382,21 +442,19 @@ class Worker:
                         # Recovered elsewhere after our lease lapsed: it must not run twice.
                         running.killed_by_worker = "the task is no longer this worker's"
                         running.kill_at = time.monotonic()
-                        _kill_group(running, signal.SIGKILL)
+                        self._signal(running, signal.SIGKILL)
             for task_id, status in queries.task_recover_lost(conn, self.lease):
                 logger.warning("recovered a task lost with its worker",
                                extra={"task_id": str(task_id), "status": status.value})
         except psycopg.OperationalError:
             self._reconnect()
 
-    # -- the connection ------------------------------------------------------------
-
     def _connect(self) -> None:
         conn = db.connect(application_name=f"pgbg worker {self.id}")
         notify.listen(conn, notify.QUEUED, notify.CANCEL)
         self._conn = conn
         self._conn_fd = conn.fileno()
-        self._selector.register(self._conn_fd, selectors.EVENT_READ, ("db", None))
+        self._selector.register(self._conn_fd, selectors.EVENT_READ, "db")
 
     def _reconnect(self) -> None:
         """Reconnect with backoff; then rescan, so nothing that happened meanwhile is missed."""
@@ -411,9 +469,8 @@ class Worker:
                 break
             except DatabaseUnavailable:
                 logger.warning("database unavailable; retrying", extra={"delay": delay})
-                self._reap_ready_children(delay)
+                self._serve_children(delay)
                 delay = min(delay * 2, 5.0)
-        # Rescan everything that may have happened while we were away.
         self._want_claim = True
         self._next_heartbeat = self._next_cancel_check = 0.0
         try:
@@ -425,20 +482,18 @@ class Worker:
         except psycopg.OperationalError:
             pass  # the next failing call reconnects again
 
-    def _reap_ready_children(self, timeout: float) -> None:
-        """While the database is away, keep reaping (outcomes wait to be written)."""
-        self._dispatch(self._selector.select(timeout), with_database=False)
-
-
-def _kill_group(running: _Child, sig: signal.Signals) -> None:
-    """Signal the child's process group; the child is unreaped, so its pid is still ours."""
-    try:
-        os.killpg(running.pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError as exc:  # pragma: no cover - would mean the group is not ours
-        if exc.errno != errno.EPERM:
-            raise
+    def _serve_children(self, timeout: float) -> None:
+        """While the database is away, keep hearing from children (their writes wait)."""
+        for key, _mask in self._selector.select(timeout):
+            if key.data == "events":
+                self._on_forkserver_events()
+            elif key.data == "wake":
+                self._drain_wake_pipe()
+        now = time.monotonic()
+        if self._hard_stop_at is not None and now >= self._hard_stop_at:
+            self._kill_all("the worker stopped before the task finished")
+        self._escalate_kills(now)
+        self._enforce_time_limits(now)
 
 
 def _outcome(running: _Child, wait_status: int) -> Outcome:
@@ -446,25 +501,21 @@ def _outcome(running: _Child, wait_status: int) -> Outcome:
     exit_code = os.waitstatus_to_exitcode(wait_status)
     sig = -exit_code if exit_code < 0 else None
     code = exit_code if exit_code >= 0 else None
-    report: dict[str, Any] = {}
-    if running.output:
-        try:
-            report = json.loads(running.output)
-        except ValueError:
-            report = {}
     if running.killed_by_worker is not None:
         return Outcome(task.id, task.attempt, running.kill_status,
                        error=running.killed_by_worker, exit_code=code, signal=sig)
+    report = running.report
     if report:
-        status = TaskStatus(report["status"])
-        return Outcome(task.id, task.attempt, status, result=report.get("result"),
-                       error=report.get("error"), exit_code=code, signal=sig,
-                       error_exit_recorded=bool(report.get("error_exit")))
+        return Outcome(task.id, task.attempt, TaskStatus(report["status"]),
+                       result=report.get("result"), error=report.get("error"), exit_code=code,
+                       signal=sig, error_exit_recorded=running.error_exit)
     # No report: the child was killed, or left through os._exit before reporting.
     if sig is not None:
         error = f"killed by signal {signal.Signals(sig).name}"
-        return Outcome(task.id, task.attempt, TaskStatus.FAILED, error=error, signal=sig)
+        return Outcome(task.id, task.attempt, TaskStatus.FAILED, error=error, signal=sig,
+                       error_exit_recorded=running.error_exit)
     if code == 0:
-        return Outcome(task.id, task.attempt, TaskStatus.SUCCEEDED, exit_code=0)
-    return Outcome(task.id, task.attempt, TaskStatus.FAILED,
-                   error=f"exited with code {code}", exit_code=code)
+        return Outcome(task.id, task.attempt, TaskStatus.SUCCEEDED, exit_code=0,
+                       error_exit_recorded=running.error_exit)
+    return Outcome(task.id, task.attempt, TaskStatus.FAILED, error=f"exited with code {code}",
+                   exit_code=code, error_exit_recorded=running.error_exit)

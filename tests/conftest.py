@@ -185,12 +185,16 @@ class WorkerProcess:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)  # soft: running tasks may finish
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=3)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.proc.send_signal(signal.SIGTERM)  # a second request stops at once
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
         self._reader.join(timeout=10)  # no thread may outlive the test: later tests fork
 
 

@@ -141,3 +141,49 @@ def db_status(as_json: JsonOption = False) -> None:
     else:
         for key, value in status.items():
             typer.echo(f"{key}: {value}")
+
+
+@app.command()
+@command
+def bench(
+    quick: Annotated[bool, typer.Option(help="Small sizes: a smoke run in seconds.")] = False,
+    concurrency: Annotated[int, typer.Option(min=1, help="Worker concurrency.")] = 2,
+    deep_queued: Annotated[int, typer.Option(help="Queued rows in the deep-queue run.")] = 200_000,
+    deep_finished: Annotated[int, typer.Option(
+        help="Finished rows in the deep-queue run.")] = 1_000_000,
+    rss_tasks: Annotated[int, typer.Option(
+        help="Instead: run this many no-op tasks and report the worker's RSS growth.")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Measure enqueue and processing rates, latencies and memory on your database.
+
+    Runs in a scratch database next to the configured one, dropped afterwards.
+    Example: pgbg bench --json > bench.json
+    """
+    from rich.console import Console
+
+    from pgbg import bench as bench_module
+    from pgbg.cli.common import print_json, table
+
+    sizes = bench_module.Sizes(concurrency=concurrency, deep_queued=deep_queued,
+                               deep_finished=deep_finished)
+    if quick:
+        sizes = bench_module.Sizes(enqueue_single=200, enqueue_bulk=2000, process_noop=300,
+                                   process_sleep=100, latency=20, terminate=3, wait=10,
+                                   deep_queued=2000, deep_finished=10000,
+                                   concurrency=concurrency)
+    console = Console(stderr=True)
+    with console.status("benchmarking…") as status:
+        def step(name: str) -> None:
+            status.update(f"benchmarking: {name}…")
+
+        if rss_tasks:
+            report = bench_module.rss_soak(rss_tasks, concurrency, step)
+        else:
+            report = bench_module.run(sizes, step)
+    if as_json:
+        print_json(report.rows)
+    else:
+        Console().print(table("pgbg bench", ["workload", "value", "unit", "note"],
+                              [[r["workload"], f"{r['value']:,.1f}", r["unit"], r["note"]]
+                               for r in report.rows]))

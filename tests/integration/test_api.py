@@ -143,7 +143,8 @@ def test_terminate_running_task_on_another_worker_process(
     worker_process(1, "--kill-grace", "5")
     wait_for(pidfile.exists, timeout=60, message="the task to start its grandchild")
     child_pid, grandchild_pid = map(int, pidfile.read_text().split())
-    assert pgbg.get_task(result).pid == child_pid
+    # the pid reaches the row as the task starts (the worker writes what the fork server says)
+    wait_for(lambda: pgbg.get_task(result).pid == child_pid, message="the pid on the row")
     task = pgbg.terminate_background(result, timeout=60)
     assert task.status is pgbg.TaskStatus.TERMINATED
     assert (task.complete, task.completed_successfully) == (True, False)

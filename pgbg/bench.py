@@ -1,0 +1,335 @@
+"""``pgbg bench``: measure pgbg on your own database, the way the peers were measured.
+
+Every workload runs in a scratch database created next to the configured one (and dropped
+afterwards), with a real ``pgbg worker`` process. Rates of the worker are read back from
+the task rows (first start to last finish, database clock); latencies are taken on this
+machine's clock, which the worker, its children and this process share.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pgbg
+from pgbg import db, migrate
+
+# -- the tasks the bench runs (module-level, imported by the worker) --------------------
+
+
+def noop() -> None:
+    return None
+
+
+def sleep_ms(ms: float) -> None:
+    time.sleep(ms / 1000)
+
+
+def started() -> float:
+    return time.time()
+
+
+def block() -> None:
+    while True:
+        time.sleep(60)
+
+
+# -- results -------------------------------------------------------------------------
+
+
+@dataclass
+class Sizes:
+    enqueue_single: int = 2000
+    enqueue_bulk: int = 20000
+    process_noop: int = 5000
+    process_sleep: int = 2000
+    latency: int = 200
+    terminate: int = 30
+    wait: int = 100
+    deep_queued: int = 200_000
+    deep_finished: int = 1_000_000
+    concurrency: int = 2
+
+
+@dataclass
+class Report:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, workload: str, value: float, unit: str, note: str = "") -> None:
+        self.rows.append({"workload": workload, "value": round(value, 3), "unit": unit,
+                          "note": note})
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return statistics.median(ordered), p95, ordered[-1]
+
+
+def _rss_kb(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# -- the scratch database ------------------------------------------------------------
+
+
+def _scratch_url(base: str, name: str) -> str:
+    return urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+
+
+class Scratch:
+    """A database of its own for the run, dropped at the end."""
+
+    def __init__(self) -> None:
+        self.base = db.database_url()
+        self.name = f"pgbg_bench_{os.getpid()}"
+        self.url = _scratch_url(self.base, self.name)
+
+    def __enter__(self) -> Scratch:
+        with db.connect(self.base) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        migrate.upgrade(self.url)
+        pgbg.configure(self.url)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pgbg.configure()
+        with db.connect(self.base) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+    def sql(self, statement: str, params: Any = None) -> list[Any]:
+        with db.connect(self.url) as conn:
+            cur = conn.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+
+
+def _worker(url: str, concurrency: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pgbg", "worker", "--concurrency", str(concurrency),
+         "--log-level", "warning", "--shutdown-timeout", "5"],
+        env={**os.environ, "PGBG_DATABASE_URL": url}, stdin=subprocess.DEVNULL)
+
+
+def _wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench: timed out waiting for {what}")
+        time.sleep(0.01)
+    return value
+
+
+# -- workloads -----------------------------------------------------------------------
+
+
+def enqueue_single(scratch: Scratch, n: int) -> float:
+    began = time.perf_counter()
+    for _ in range(n):
+        pgbg.enqueue(noop, task_type="bench-enqueue")
+    rate = n / (time.perf_counter() - began)
+    scratch.sql("DELETE FROM pgbg.task WHERE task_type = 'bench-enqueue'")
+    return rate
+
+
+def enqueue_bulk(scratch: Scratch, n: int) -> float:
+    began = time.perf_counter()
+    pgbg.enqueue_many(noop, [()] * n, task_type="bench-enqueue")
+    rate = n / (time.perf_counter() - began)
+    scratch.sql("DELETE FROM pgbg.task WHERE task_type = 'bench-enqueue'")
+    return rate
+
+
+def process(scratch: Scratch, func: Callable[..., Any], args: list[Any], n: int,
+            task_type: str) -> float:
+    """Tasks per second from the first start to the last finish (database clock)."""
+    results = pgbg.enqueue_many(func, [args] * n, task_type=task_type)
+    ids = [r.id for r in results]
+    _wait_until(lambda: scratch.sql(
+        "SELECT count(*) = %s FROM pgbg.task WHERE task_type = %s AND complete",
+        (n, task_type))[0][0], 600, f"{n} {task_type} tasks")
+    (span,) = scratch.sql(
+        "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM pgbg.task "
+        "WHERE id = ANY(%s)", (ids,))[0]
+    return n / float(span)
+
+
+def latency(n: int) -> list[float]:
+    """Enqueue → the task's function starts (seconds), one task at a time, idle worker."""
+    samples = []
+    for _ in range(n):
+        before = time.time()
+        result = pgbg.enqueue(started, task_type="bench-latency")
+        samples.append(result.get(timeout=60) - before)
+    return samples
+
+
+def wait_wake(n: int) -> list[float]:
+    """The task's function returns → ``wait_task`` returns, in the waiting process."""
+    samples = []
+    for _ in range(n):
+        result = pgbg.enqueue(started, task_type="bench-wait")
+        task = pgbg.wait_task(result, timeout=60)
+        samples.append(time.time() - task.result)
+    return samples
+
+
+def _pid_of(result: pgbg.Result) -> int | None:
+    return pgbg.get_task(result).pid
+
+
+def terminate(scratch: Scratch, n: int) -> list[float]:
+    """``terminate_background`` called → the task's process is gone (pidfd readable)."""
+    samples = []
+    for _ in range(n):
+        result = pgbg.enqueue(block, task_type="bench-terminate")
+        pid: int = _wait_until(partial(_pid_of, result), 60, "a blocking task")
+        pidfd = os.pidfd_open(pid)
+        try:
+            began = time.perf_counter()
+            pgbg.terminate_background(result, wait=False)
+            select.select([pidfd], [], [], 60)
+            samples.append(time.perf_counter() - began)
+        finally:
+            os.close(pidfd)
+        pgbg.wait_task(result, timeout=60)
+    return samples
+
+
+FORK_PROBE = """
+import os, sys, time
+import pgbg.worker, pgbg.cli  # what a `pgbg worker` process has loaded when it forks
+def rate(n):
+    began = time.perf_counter()
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    return n / (time.perf_counter() - began)
+rate(200)
+rss = [l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]
+print(max(rate(1000) for _ in range(3)), rss)
+"""
+
+
+def fork_ceiling() -> tuple[float, int]:
+    """Bare fork+exit+reap per second in a process loaded like the worker; its RSS (kB)."""
+    out = subprocess.run([sys.executable, "-c", FORK_PROBE], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return float(out[0]), int(out[1])
+
+
+def fill_deep(scratch: Scratch, queued: int, finished: int) -> None:
+    """History and backlog: finished rows, and queued rows behind everything (priority)."""
+    scratch.sql(
+        """INSERT INTO pgbg.task (id, task_type, func, status, attempt, started_at,
+                                  finished_at)
+           SELECT gen_random_uuid(), 'bench-history', 'pgbg.bench:noop', 'succeeded', 1,
+                  now() - interval '1 day', now() - interval '1 day'
+             FROM generate_series(1, %s)""", (finished,))
+    scratch.sql(
+        """INSERT INTO pgbg.task (id, task_type, func, priority)
+           SELECT gen_random_uuid(), 'bench-backlog', 'pgbg.bench:noop', -1000
+             FROM generate_series(1, %s)""", (queued,))
+    scratch.sql("VACUUM ANALYZE pgbg.task")
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+def run(sizes: Sizes, progress: Callable[[str], None] = lambda step: None) -> Report:
+    report = Report()
+    with Scratch() as scratch:
+        progress("fork ceiling")
+        ceiling, probe_rss = fork_ceiling()
+        report.add("fork ceiling (worker-sized process)", ceiling, "forks/s",
+                   f"RSS {probe_rss / 1024:.0f} MB")
+        progress("enqueue-single")
+        single = enqueue_single(scratch, sizes.enqueue_single)
+        report.add("enqueue-single", single, "tasks/s", "one transaction each")
+        progress("enqueue-bulk")
+        report.add("enqueue-bulk", enqueue_bulk(scratch, sizes.enqueue_bulk), "tasks/s",
+                   f"{sizes.enqueue_bulk} in one call")
+        worker = _worker(scratch.url, sizes.concurrency)
+        try:
+            _wait_until(lambda: scratch.sql("SELECT count(*) FROM pgbg.worker")[0][0], 60,
+                        "the worker")
+            rss_start = _rss_kb(worker.pid)
+            progress("process-noop")
+            noop_rate = process(scratch, noop, [], sizes.process_noop, "bench-noop")
+            report.add("process-noop", noop_rate, "tasks/s",
+                       f"{noop_rate / ceiling:.0%} of the fork ceiling, "
+                       f"concurrency {sizes.concurrency}")
+            progress("process-sleep-10ms")
+            sleep_rate = process(scratch, sleep_ms, [10], sizes.process_sleep, "bench-sleep")
+            ideal = sizes.concurrency * 100
+            report.add("process-sleep-10ms", sleep_rate, "tasks/s", f"{sleep_rate / ideal:.0%} "
+                       f"of ideal {ideal}/s")
+            progress("latency")
+            p50, p95, worst = _percentiles(latency(sizes.latency))
+            report.add("latency enqueue → start p50", p50 * 1000, "ms")
+            report.add("latency enqueue → start p95", p95 * 1000, "ms", f"max {worst * 1000:.1f}")
+            progress("wait_task wake")
+            p50, p95, worst = _percentiles(wait_wake(sizes.wait))
+            report.add("wait_task wake p50", p50 * 1000, "ms",
+                       f"p95 {p95 * 1000:.1f}, max {worst * 1000:.1f}")
+            progress("terminate")
+            p50, p95, worst = _percentiles(terminate(scratch, sizes.terminate))
+            report.add("terminate → gone p50", p50 * 1000, "ms",
+                       f"p95 {p95 * 1000:.1f}, max {worst * 1000:.1f}")
+            progress("deep queue")
+            fill_deep(scratch, sizes.deep_queued, sizes.deep_finished)
+            deep_single = enqueue_single(scratch, sizes.enqueue_single)
+            report.add("deep enqueue-single", deep_single, "tasks/s",
+                       f"{deep_single / single:.0%} of shallow")
+            deep_noop = process(scratch, noop, [], sizes.process_noop, "bench-deep-noop")
+            report.add("deep process-noop", deep_noop, "tasks/s",
+                       f"{deep_noop / noop_rate:.0%} of shallow; {sizes.deep_queued} queued, "
+                       f"{sizes.deep_finished} finished rows")
+            (processed,) = scratch.sql("SELECT count(*) FROM pgbg.task WHERE attempt > 0 "
+                                       "AND task_type <> 'bench-history'")[0]
+            rss_end = _rss_kb(worker.pid)
+            report.add("worker RSS growth", (rss_end - rss_start) / 1024, "MB",
+                       f"{rss_start / 1024:.0f} → {rss_end / 1024:.0f} MB over {processed} tasks")
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
+    return report
+
+
+def rss_soak(tasks: int, concurrency: int,
+             progress: Callable[[str], None] = lambda step: None) -> Report:
+    """Worker memory over many tasks: RSS before and after ``tasks`` no-op tasks."""
+    report = Report()
+    with Scratch() as scratch:
+        worker = _worker(scratch.url, concurrency)
+        try:
+            _wait_until(lambda: scratch.sql("SELECT count(*) FROM pgbg.worker")[0][0], 60,
+                        "the worker")
+            start = _rss_kb(worker.pid)
+            done = 0
+            while done < tasks:
+                batch = min(20000, tasks - done)
+                progress(f"rss soak {done}/{tasks}")
+                process(scratch, noop, [], batch, f"bench-soak-{uuid.uuid4().hex[:6]}")
+                done += batch
+            end = _rss_kb(worker.pid)
+            report.add("worker RSS growth", (end - start) / 1024, "MB",
+                       f"{start / 1024:.1f} → {end / 1024:.1f} MB over {tasks} tasks")
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
+    return report

@@ -1,0 +1,198 @@
+"""The fork server: the small process that forks every task's child.
+
+Forking costs in proportion to what the forking process has mapped; a process that has
+loaded psycopg forks about four times slower than a bare interpreter. So the worker never
+forks: it starts this process (which never imports psycopg), tells it which tasks to run,
+and hears back pids, what the tasks record, and how they ended. Task modules are imported
+here once, on first use, so every later child starts with them loaded.
+
+Protocol: JSON lines. Commands on ``cmd_fd`` from the worker:
+``{"op": "run", "task": {...}}``, ``{"op": "signal", "task_id": ..., "sig": n}``.
+Events on ``event_fd`` to the worker: ``{"ev": "ready"}``,
+``{"ev": "started", "task_id", "pid"}``, ``{"ev": "message", "task_id", "message"}``,
+``{"ev": "exited", "task_id", "status"}`` (the wait status). End of file on ``cmd_fd``
+(the worker is gone) kills every task and ends the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import selectors
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgbg import child
+from pgbg.models import BackgroundTask
+
+
+@dataclass
+class _Running:
+    task_id: str
+    pid: int
+    pidfd: int
+    pipe: int
+    partial: bytes = b""
+
+
+@dataclass
+class Server:
+    cmd_fd: int
+    event_fd: int
+    selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
+    children: dict[str, _Running] = field(default_factory=dict)
+    outgoing: bytearray = field(default_factory=bytearray)
+    commands: bytes = b""
+    preloaded: set[str] = field(default_factory=set)
+    accepting: bool = True
+
+    def serve(self) -> None:
+        os.set_blocking(self.cmd_fd, False)
+        os.set_blocking(self.event_fd, False)
+        self.selector.register(self.cmd_fd, selectors.EVENT_READ, "cmd")
+        self.emit({"ev": "ready"})
+        while self.accepting or self.children:
+            self.flush()
+            for key, _mask in self.selector.select():
+                if key.data == "cmd":
+                    self.read_commands()
+                elif key.data == "out":
+                    self.flush()
+                elif isinstance(key.data, tuple):
+                    kind, running = key.data
+                    if kind == "pidfd" and running.pidfd == key.fd:
+                        self.reap(running)
+                    elif kind == "pipe" and running.pipe == key.fd:
+                        self.read_child(running)
+        self.flush(block=True)
+
+    # -- to the worker -------------------------------------------------------------
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.outgoing += json.dumps(event).encode() + b"\n"
+
+    def flush(self, block: bool = False) -> None:
+        """Write what the worker has not taken yet; never block unless told to."""
+        os.set_blocking(self.event_fd, block)
+        try:
+            while self.outgoing:
+                del self.outgoing[:os.write(self.event_fd, self.outgoing)]
+        except BlockingIOError:
+            pass
+        except BrokenPipeError:
+            self.outgoing.clear()  # the worker is gone; cmd EOF ends us shortly
+        waiting = self.event_fd in self.selector.get_map()
+        if self.outgoing and not waiting:
+            self.selector.register(self.event_fd, selectors.EVENT_WRITE, "out")
+        elif not self.outgoing and waiting:
+            self.selector.unregister(self.event_fd)
+
+    # -- from the worker -----------------------------------------------------------
+
+    def read_commands(self) -> None:
+        try:
+            chunk = os.read(self.cmd_fd, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:  # the worker is gone: nothing we started may outlive it
+            self.accepting = False
+            self.selector.unregister(self.cmd_fd)
+            for running in self.children.values():
+                _kill(running.pid, signal.SIGKILL)
+            return
+        lines = (self.commands + chunk).split(b"\n")
+        self.commands = lines.pop()
+        for line in lines:
+            command = json.loads(line)
+            if command["op"] == "run":
+                self.start(BackgroundTask.from_wire(command["task"]))
+            elif command["op"] == "signal" and command["task_id"] in self.children:
+                _kill(self.children[command["task_id"]].pid, command["sig"])
+
+    # -- children ------------------------------------------------------------------
+
+    def start(self, task: BackgroundTask) -> None:
+        module = task.func.partition(":")[0]
+        if module not in self.preloaded:
+            self.preloaded.add(module)
+            with contextlib.suppress(Exception):  # the child reports the error properly
+                importlib.import_module(module)
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            os.close(self.cmd_fd)
+            os.close(self.event_fd)
+            child.run(task, write_fd, parent)
+        os.close(write_fd)
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)  # also done by the child; whichever runs first wins
+        os.set_blocking(read_fd, False)
+        running = _Running(str(task.id), pid, os.pidfd_open(pid), read_fd)
+        self.children[running.task_id] = running
+        self.selector.register(running.pidfd, selectors.EVENT_READ, ("pidfd", running))
+        self.selector.register(read_fd, selectors.EVENT_READ, ("pipe", running))
+        self.emit({"ev": "started", "task_id": running.task_id, "pid": pid})
+
+    def read_child(self, running: _Running) -> None:
+        while True:
+            try:
+                chunk = os.read(running.pipe, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self.selector.unregister(running.pipe)
+                os.close(running.pipe)
+                running.pipe = -1
+                return
+            lines = (running.partial + chunk).split(b"\n")
+            running.partial = lines.pop()
+            for line in lines:
+                self.emit({"ev": "message", "task_id": running.task_id,
+                           "message": json.loads(line)})
+
+    def reap(self, running: _Running) -> None:
+        # Exited but not reaped: its pid and group id cannot have been reused yet, so kill
+        # whatever it left behind in its group, then reap it.
+        _kill(running.pid, signal.SIGKILL)
+        _pid, status = os.waitpid(running.pid, 0)
+        if running.pipe >= 0:
+            self.read_child(running)  # its last words are in the pipe buffer by now
+        if running.pipe >= 0:  # a grandchild holds the pipe open; stop listening to it
+            self.selector.unregister(running.pipe)
+            os.close(running.pipe)
+        self.selector.unregister(running.pidfd)
+        os.close(running.pidfd)
+        running.pipe = running.pidfd = -1
+        del self.children[running.task_id]
+        self.emit({"ev": "exited", "task_id": running.task_id, "status": status})
+
+
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def main() -> None:
+    cmd_fd, event_fd, worker_pid = (int(arg) for arg in sys.argv[1:4])
+    # Dies with the worker (its children then kill their own groups).
+    if child.libc is not None:
+        child.libc.prctl(child.PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != worker_pid:
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when tasks stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Server(cmd_fd, event_fd).serve()
+
+
+if __name__ == "__main__":
+    main()
