@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import statistics
 import subprocess
 import sys
@@ -23,26 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pgbg
 from pgbg import db, migrate
-
-# -- the tasks the bench runs (module-level, imported by the worker) --------------------
-
-
-def noop() -> None:
-    return None
-
-
-def sleep_ms(ms: float) -> None:
-    time.sleep(ms / 1000)
-
-
-def started() -> float:
-    return time.time()
-
-
-def block() -> None:
-    while True:
-        time.sleep(60)
-
+from pgbg.bench_tasks import block, noop, sleep_ms, started
 
 # -- results -------------------------------------------------------------------------
 
@@ -121,6 +103,15 @@ def _worker(url: str, concurrency: int) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "pgbg", "worker", "--concurrency", str(concurrency),
          "--log-level", "warning", "--shutdown-timeout", "5"],
         env={**os.environ, "PGBG_DATABASE_URL": url}, stdin=subprocess.DEVNULL)
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        worker.send_signal(signal.SIGTERM)  # the second request stops at once
+        worker.wait(timeout=60)
 
 
 def _wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -210,7 +201,7 @@ def terminate(scratch: Scratch, n: int) -> list[float]:
 
 FORK_PROBE = """
 import os, sys, time
-import pgbg.worker, pgbg.cli  # what a `pgbg worker` process has loaded when it forks
+import {modules}
 def rate(n):
     began = time.perf_counter()
     for _ in range(n):
@@ -225,10 +216,11 @@ print(max(rate(1000) for _ in range(3)), rss)
 """
 
 
-def fork_ceiling() -> tuple[float, int]:
-    """Bare fork+exit+reap per second in a process loaded like the worker; its RSS (kB)."""
-    out = subprocess.run([sys.executable, "-c", FORK_PROBE], capture_output=True, text=True,
-                         check=True).stdout.split()
+def fork_ceiling(modules: str) -> tuple[float, int]:
+    """Bare fork+exit+reap per second in a process that has imported ``modules`` (as the
+    process that forks tasks has), and its RSS in kB."""
+    out = subprocess.run([sys.executable, "-c", FORK_PROBE.format(modules=modules)],
+                         capture_output=True, text=True, check=True).stdout.split()
     return float(out[0]), int(out[1])
 
 
@@ -237,12 +229,12 @@ def fill_deep(scratch: Scratch, queued: int, finished: int) -> None:
     scratch.sql(
         """INSERT INTO pgbg.task (id, task_type, func, status, attempt, started_at,
                                   finished_at)
-           SELECT gen_random_uuid(), 'bench-history', 'pgbg.bench:noop', 'succeeded', 1,
+           SELECT gen_random_uuid(), 'bench-history', 'pgbg.bench_tasks:noop', 'succeeded', 1,
                   now() - interval '1 day', now() - interval '1 day'
              FROM generate_series(1, %s)""", (finished,))
     scratch.sql(
         """INSERT INTO pgbg.task (id, task_type, func, priority)
-           SELECT gen_random_uuid(), 'bench-backlog', 'pgbg.bench:noop', -1000
+           SELECT gen_random_uuid(), 'bench-backlog', 'pgbg.bench_tasks:noop', -1000
              FROM generate_series(1, %s)""", (queued,))
     scratch.sql("VACUUM ANALYZE pgbg.task")
 
@@ -254,9 +246,12 @@ def run(sizes: Sizes, progress: Callable[[str], None] = lambda step: None) -> Re
     report = Report()
     with Scratch() as scratch:
         progress("fork ceiling")
-        ceiling, probe_rss = fork_ceiling()
-        report.add("fork ceiling (worker-sized process)", ceiling, "forks/s",
-                   f"RSS {probe_rss / 1024:.0f} MB")
+        ceiling, probe_rss = fork_ceiling("pgbg.forkserver, pgbg.bench_tasks")
+        report.add("fork ceiling (the fork server)", ceiling, "forks/s",
+                   f"RSS {probe_rss / 1024:.0f} MB: what forks each task")
+        heavy, heavy_rss = fork_ceiling("pgbg.worker, pgbg.cli")
+        report.add("fork ceiling (a worker-sized process)", heavy, "forks/s",
+                   f"RSS {heavy_rss / 1024:.0f} MB: had the worker forked itself")
         progress("enqueue-single")
         single = enqueue_single(scratch, sizes.enqueue_single)
         report.add("enqueue-single", single, "tasks/s", "one transaction each")
@@ -290,23 +285,29 @@ def run(sizes: Sizes, progress: Callable[[str], None] = lambda step: None) -> Re
             p50, p95, worst = _percentiles(terminate(scratch, sizes.terminate))
             report.add("terminate → gone p50", p50 * 1000, "ms",
                        f"p95 {p95 * 1000:.1f}, max {worst * 1000:.1f}")
-            progress("deep queue")
-            fill_deep(scratch, sizes.deep_queued, sizes.deep_finished)
-            deep_single = enqueue_single(scratch, sizes.enqueue_single)
-            report.add("deep enqueue-single", deep_single, "tasks/s",
-                       f"{deep_single / single:.0%} of shallow")
-            deep_noop = process(scratch, noop, [], sizes.process_noop, "bench-deep-noop")
-            report.add("deep process-noop", deep_noop, "tasks/s",
-                       f"{deep_noop / noop_rate:.0%} of shallow; {sizes.deep_queued} queued, "
-                       f"{sizes.deep_finished} finished rows")
-            (processed,) = scratch.sql("SELECT count(*) FROM pgbg.task WHERE attempt > 0 "
-                                       "AND task_type <> 'bench-history'")[0]
+            (processed,) = scratch.sql("SELECT count(*) FROM pgbg.task WHERE attempt > 0")[0]
             rss_end = _rss_kb(worker.pid)
             report.add("worker RSS growth", (rss_end - rss_start) / 1024, "MB",
-                       f"{rss_start / 1024:.0f} → {rss_end / 1024:.0f} MB over {processed} tasks")
+                       f"{rss_start / 1024:.0f} → {rss_end / 1024:.0f} MB over "
+                       f"{processed} tasks (pgbg bench --rss-tasks N "
+                       "for a longer run)")
         finally:
-            worker.terminate()
-            worker.wait(timeout=60)
+            _stop(worker)
+        # The backlog must not be worked off while the deep rates are measured: no worker
+        # runs during the fill and the enqueue; the measured tasks outrank the backlog.
+        progress("deep queue")
+        fill_deep(scratch, sizes.deep_queued, sizes.deep_finished)
+        deep_single = enqueue_single(scratch, sizes.enqueue_single)
+        report.add("deep enqueue-single", deep_single, "tasks/s",
+                   f"{deep_single / single:.0%} of shallow")
+        worker = _worker(scratch.url, sizes.concurrency)
+        try:
+            deep_noop = process(scratch, noop, [], sizes.process_noop, "bench-deep-noop")
+        finally:
+            _stop(worker)
+        report.add("deep process-noop", deep_noop, "tasks/s",
+                   f"{deep_noop / noop_rate:.0%} of shallow; {sizes.deep_queued} queued, "
+                   f"{sizes.deep_finished} finished rows")
     return report
 
 
@@ -330,6 +331,5 @@ def rss_soak(tasks: int, concurrency: int,
             report.add("worker RSS growth", (end - start) / 1024, "MB",
                        f"{start / 1024:.1f} → {end / 1024:.1f} MB over {tasks} tasks")
         finally:
-            worker.terminate()
-            worker.wait(timeout=60)
+            _stop(worker)
     return report

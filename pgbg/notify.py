@@ -18,6 +18,23 @@ def listen(conn: psycopg.Connection[Any], *channels: str) -> None:
         conn.execute(f"LISTEN {channel}")
 
 
+class Inbox:
+    """Every notification a connection receives, including those psycopg reads while the
+    connection runs a query: those never make the socket readable again, so a loop that
+    only waited on the socket would sleep through them until its next poll."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.pending: list[psycopg.Notify] = []
+        conn.add_notify_handler(self.pending.append)
+
+    def take(self) -> list[psycopg.Notify]:
+        """What has arrived, without blocking; ``OperationalError`` if the connection died."""
+        received = drain(self.conn)
+        taken, self.pending = self.pending + received, []
+        return taken
+
+
 def drain(conn: psycopg.Connection[Any]) -> list[psycopg.Notify]:
     """Notifications already received on ``conn``, without blocking.
 

@@ -33,6 +33,7 @@ from pgbg.models import BackgroundTask, TaskStatus
 from pgbg.queries import Outcome
 
 logger = logging.getLogger(__name__)
+PID_DELAY = 0.05  # seconds a recorded pid may wait for a commit to share
 FORKSERVER_LOST = "the worker's fork server died while the task ran"
 
 
@@ -76,6 +77,7 @@ class Worker:
         self.task_timeout = task_timeout
         self.hostname = socket.gethostname()
         self._conn: psycopg.Connection[Any] | None = None
+        self._inbox: notify.Inbox | None = None
         self._conn_fd = -1  # as registered with the selector (a broken conn cannot say)
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -86,6 +88,7 @@ class Worker:
         self._events_partial = b""
         self._children: dict[str, _Child] = {}
         self._writes: list[tuple[str, Any]] = []  # in order; outcomes and pids batch up
+        self._pids_due = 0.0
         self._want_claim = True
         self._next_poll = 0.0
         self._next_heartbeat = 0.0
@@ -128,7 +131,7 @@ class Worker:
                     announced = True
                     logger.info("worker stopping; waiting for running tasks",
                                 extra={"worker_id": str(self.id), "running": self.running})
-            self._flush_writes()
+            self._sync()
         finally:
             self.close()
 
@@ -154,9 +157,9 @@ class Worker:
         self._enforce_time_limits(now)
         if self._children and now >= self._next_cancel_check:
             self._check_cancel_requests()
-        due = self._want_claim or now >= self._next_poll
-        if due and not self._stopping and self._free_slots():
-            self._claim()
+        self._sync()
+        if self._inbox is not None and self._inbox.pending:  # arrived during our queries
+            self._on_notifications()
         for key, _mask in self._selector.select(self._wait_time(timeout)):
             if key.data == "db":
                 self._on_notifications()
@@ -164,7 +167,7 @@ class Worker:
                 self._on_forkserver_events()
             else:
                 self._drain_wake_pipe()
-        self._flush_writes()
+        self._sync()
         if time.monotonic() >= self._next_heartbeat:
             self._heartbeat()
 
@@ -201,20 +204,46 @@ class Worker:
                 return 0.0
             deadlines.append(self._next_poll)
         if self._writes:
-            deadlines.append(now + 1.0)  # retry writes the database refused
+            deadlines.append(self._pids_due)  # pids waiting to ride along; or a retry
         wait = max(0.0, min(deadlines) - now)
         return wait if timeout is None else min(wait, timeout)
 
-    def _claim(self) -> None:
-        free = self._free_slots()
-        self._next_poll = time.monotonic() + self.poll_interval
-        try:
-            assert self._conn is not None
-            tasks = queries.task_claim(self._conn, self.id, self.hostname, free)
-        except psycopg.OperationalError:
-            self._reconnect()
+    def _sync(self) -> None:
+        """One transaction, so one commit: write what the loop collected (in order, runs of
+        pids and outcomes batched) and claim into the free slots, if a claim is due."""
+        now = time.monotonic()
+        free = self._free_slots() if not self._stopping else 0
+        claim = free > 0 and (self._want_claim or now >= self._next_poll)
+        # A pid alone is not worth a commit of its own: it rides with the next outcome or
+        # claim, or goes on its own after PID_DELAY.
+        urgent = any(kind != "pid" for kind, _item in self._writes) or (
+            self._writes and now >= self._pids_due)
+        if not (urgent or claim):
             return
-        self._want_claim = len(tasks) == free  # a full batch: more may be waiting
+        conn = self._conn
+        assert conn is not None
+        tasks: list[BackgroundTask] = []
+        try:
+            with conn.transaction():
+                for kind, batch in self._write_batches():
+                    self._write(kind, batch)
+                if claim:
+                    tasks = queries.task_claim(conn, self.id, self.hostname, free)
+        except psycopg.OperationalError:
+            self._pids_due = time.monotonic() + 1.0
+            self._reconnect()  # nothing was committed: the writes are kept for later
+            return
+        except psycopg.Error:
+            logger.exception("a batch of writes failed; writing them one by one")
+            self._write_one_by_one()
+            return
+        self._writes.clear()
+        if claim:
+            self._next_poll = time.monotonic() + self.poll_interval
+            self._want_claim = len(tasks) == free  # a full batch: more may be waiting
+            self._start(tasks)
+
+    def _start(self, tasks: list[BackgroundTask]) -> None:
         for task in tasks:
             running = _Child(task)
             limit = task.timeout or self.task_timeout
@@ -278,6 +307,8 @@ class Worker:
                 continue
             if event["ev"] == "started":
                 running.pid = event["pid"]
+                if not self._writes:
+                    self._pids_due = time.monotonic() + PID_DELAY
                 self._writes.append(("pid", (running.task.id, running.task.attempt,
                                              running.pid)))
             elif event["ev"] == "message":
@@ -373,8 +404,8 @@ class Worker:
 
     def _on_notifications(self) -> None:
         try:
-            assert self._conn is not None
-            notes = notify.drain(self._conn)
+            assert self._inbox is not None
+            notes = self._inbox.take()
         except psycopg.OperationalError:
             self._reconnect()
             return
@@ -390,21 +421,31 @@ class Worker:
         except BlockingIOError:
             pass
 
-    def _flush_writes(self) -> None:
-        """Write what the loop collected, in order, batching runs of pids and outcomes."""
+    def _write_batches(self) -> list[tuple[str, list[Any]]]:
+        batches: list[tuple[str, list[Any]]] = []
+        for kind, item in self._writes:
+            if batches and batches[-1][0] == kind and kind in ("pid", "outcome"):
+                batches[-1][1].append(item)
+            else:
+                batches.append((kind, [item]))
+        return batches
+
+    def _write_one_by_one(self) -> None:
+        """After a batch failed for a reason other than the connection: each write in its
+        own transaction, so one bad write (logged and dropped) cannot stall the rest."""
+        assert self._conn is not None
         while self._writes:
-            kind = self._writes[0][0]
-            count = 1
-            if kind in ("pid", "outcome"):
-                while count < len(self._writes) and self._writes[count][0] == kind:
-                    count += 1
-            batch = [item for _kind, item in self._writes[:count]]
+            kind, item = self._writes[0]
             try:
-                self._write(kind, batch)
+                with self._conn.transaction():
+                    self._write(kind, [item])
             except psycopg.OperationalError:
-                self._reconnect()  # kept: written once the database is back
+                self._reconnect()
                 return
-            del self._writes[:count]
+            except psycopg.Error:
+                logger.exception("dropped a write the database refused",
+                                 extra={"status": kind})
+            del self._writes[0]
 
     def _write(self, kind: str, batch: list[Any]) -> None:
         conn = self._conn
@@ -452,7 +493,7 @@ class Worker:
     def _connect(self) -> None:
         conn = db.connect(application_name=f"pgbg worker {self.id}")
         notify.listen(conn, notify.QUEUED, notify.CANCEL)
-        self._conn = conn
+        self._conn, self._inbox = conn, notify.Inbox(conn)
         self._conn_fd = conn.fileno()
         self._selector.register(self._conn_fd, selectors.EVENT_READ, "db")
 
@@ -461,7 +502,7 @@ class Worker:
         if self._conn is not None:
             self._selector.unregister(self._conn_fd)
             self._conn.close()
-            self._conn, self._conn_fd = None, -1
+            self._conn, self._conn_fd, self._inbox = None, -1, None
         delay = 0.1
         while True:
             try:

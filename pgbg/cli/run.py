@@ -35,7 +35,7 @@ def worker(
     Example: pgbg worker --concurrency 4
 
     SIGTERM or Ctrl-C stops claiming and lets running tasks finish (up to
-    --shutdown-timeout); a second Ctrl-C kills them at once.
+    --shutdown-timeout); a second Ctrl-C (or SIGTERM) kills them at once.
     """
     from pgbg.worker import Worker
 
@@ -44,8 +44,8 @@ def worker(
                kill_grace=kill_grace, heartbeat_interval=heartbeat_interval, lease=lease,
                task_timeout=task_timeout)
 
-    def on_signal(signum: int, _frame: object) -> None:
-        w.stop(force=signum == signal.SIGINT and w._stopping)
+    def on_signal(_signum: int, _frame: object) -> None:
+        w.stop()  # a second SIGINT/SIGTERM is a hard stop
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
