@@ -33,6 +33,8 @@ from pgbg.models import BackgroundTask, TaskStatus
 from pgbg.queries import Outcome
 
 logger = logging.getLogger(__name__)
+RETENTION_BATCH = 1000  # finished tasks purged per heartbeat when retention is set
+TERMINAL = [s.value for s in TaskStatus if s.is_terminal]
 PID_DELAY = 0.05  # seconds a recorded pid may wait for a commit to share
 FORKSERVER_LOST = "the worker's fork server died while the task ran"
 
@@ -59,7 +61,7 @@ class Worker:
     def __init__(self, concurrency: int = 1, *, poll_interval: float = 5.0,
                  heartbeat_interval: float = 5.0, lease: float = 30.0,
                  shutdown_timeout: float = 30.0, kill_grace: float = 5.0,
-                 task_timeout: float | None = None) -> None:
+                 task_timeout: float | None = None, retention: float | None = None) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidOption(f"concurrency must be a positive int, not {concurrency!r}")
         if not 0 < heartbeat_interval < lease:
@@ -67,6 +69,8 @@ class Worker:
                                 f"lease ({heartbeat_interval} vs {lease})")
         if task_timeout is not None and not task_timeout > 0:
             raise InvalidOption(f"task_timeout must be positive, not {task_timeout!r}")
+        if retention is not None and not retention >= 0:
+            raise InvalidOption(f"retention must not be negative, not {retention!r}")
         self.id = uuid.uuid4()
         self.concurrency = concurrency
         self.poll_interval = poll_interval
@@ -75,6 +79,7 @@ class Worker:
         self.shutdown_timeout = shutdown_timeout
         self.kill_grace = kill_grace
         self.task_timeout = task_timeout
+        self.retention = retention  # seconds finished tasks are kept; None: kept for ever
         self.hostname = socket.gethostname()
         self._conn: psycopg.Connection[Any] | None = None
         self._inbox: notify.Inbox | None = None
@@ -487,6 +492,8 @@ class Worker:
             for task_id, status in queries.task_recover_lost(conn, self.lease):
                 logger.warning("recovered a task lost with its worker",
                                extra={"task_id": str(task_id), "status": status.value})
+            if self.retention is not None:  # one bounded batch per heartbeat
+                queries.task_purge_batch(conn, self.retention, TERMINAL, RETENTION_BATCH)
         except psycopg.OperationalError:
             self._reconnect()
 

@@ -28,6 +28,9 @@ def worker(
         help="Seconds without a heartbeat after which a worker's tasks are recovered.")] = 30.0,
     task_timeout: Annotated[float | None, typer.Option(
         help="Default time limit per task, in seconds (enqueue(timeout=) overrides).")] = None,
+    retention: Annotated[str | None, typer.Option(
+        help="Purge tasks finished longer ago than this (e.g. 7d), a batch per heartbeat.")
+    ] = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Run tasks, each in its own child process, until stopped.
@@ -37,12 +40,14 @@ def worker(
     SIGTERM or Ctrl-C stops claiming and lets running tasks finish (up to
     --shutdown-timeout); a second Ctrl-C (or SIGTERM) kills them at once.
     """
+    from pgbg.admin import parse_duration
     from pgbg.worker import Worker
 
     setup_logging(log_level)
     w = Worker(concurrency, poll_interval=poll_interval, shutdown_timeout=shutdown_timeout,
                kill_grace=kill_grace, heartbeat_interval=heartbeat_interval, lease=lease,
-               task_timeout=task_timeout)
+               task_timeout=task_timeout,
+               retention=parse_duration(retention).total_seconds() if retention else None)
 
     def on_signal(_signum: int, _frame: object) -> None:
         w.stop()  # a second SIGINT/SIGTERM is a hard stop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -125,3 +126,23 @@ def test_every_command_has_help_with_an_example() -> None:
         done = runner.invoke(app, [*command, "--help"])
         assert done.exit_code == 0, command
         assert "Example:" in done.output, f"pgbg {' '.join(command)} --help has no example"
+
+
+@pytest.mark.slow
+def test_bench_quick_runs_and_reports_every_workload(database_url: str, tmp_path: Path) -> None:
+    done = run(["bench", "--quick", "--json"], _env(PGBG_DATABASE_URL=database_url), tmp_path,
+               timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert {tuple(sorted(r)) for r in rows} == {("note", "unit", "value", "workload")}
+    names = {r["workload"] for r in rows}
+    for expected in ("fork ceiling (the fork server)", "enqueue-single", "enqueue-bulk",
+                     "process-noop", "process-sleep-10ms", "latency enqueue → start p50",
+                     "wait_task wake p50", "terminate → gone p50", "deep process-noop",
+                     "worker RSS growth"):
+        assert expected in names
+    assert all(r["value"] >= 0 for r in rows)
+    with psycopg.connect(database_url) as conn:  # the scratch database is gone again
+        left = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'pgbg_bench_%'"
+                            ).fetchone()
+    assert left == (0,)
