@@ -33,7 +33,7 @@ from pgbg.bench_tasks import block, noop, sleep_ms, started
 class Sizes:
     enqueue_single: int = 2000
     enqueue_bulk: int = 20000
-    process_noop: int = 5000
+    process_noop: int = 3000
     process_sleep: int = 2000
     latency: int = 200
     terminate: int = 30

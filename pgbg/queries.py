@@ -7,7 +7,6 @@ SQLAlchemy connection on any DBAPI driver.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from pgbg import notify
 from pgbg.models import BackgroundTask, QueuedTask, TaskStatus
@@ -115,18 +115,6 @@ def task_claim(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: st
     return [_task(row) for row in rows]
 
 
-def task_set_pids(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
-                  started: Sequence[tuple[uuid.UUID, int, int]]) -> None:
-    """Record the pid of each forked child: ``(task id, attempt, pid)``."""
-    conn.execute(
-        """UPDATE pgbg.task t SET pid = s.pid
-             FROM unnest(%s::uuid[], %s::int[], %s::int[]) AS s(id, attempt, pid)
-            WHERE t.id = s.id AND t.attempt = s.attempt AND t.worker_id = %s
-              AND t.status = 'running'""",
-        ([s[0] for s in started], [s[1] for s in started], [s[2] for s in started], worker_id),
-    )
-
-
 @dataclass(frozen=True)
 class Outcome:
     """How a child ended, as the worker writes it on the task row."""
@@ -141,50 +129,28 @@ class Outcome:
     error_exit_recorded: bool = False  # the task already marked itself failed
 
 
-TASK_FINISH = """
-WITH outcome AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(statuses)s::text[],
-                         %(results)s::text[], %(errors)s::text[], %(exit_codes)s::int[],
-                         %(signals)s::int[], %(error_exits)s::boolean[])
-        AS o(id, attempt, status, result, error, exit_code, signal, error_exit)
-), written AS (
-    UPDATE pgbg.task t
-       SET status = CASE WHEN t.status = 'running'
-                         THEN o.status::pgbg.task_status ELSE t.status END,
-           result = CASE WHEN t.status = 'running' THEN o.result::jsonb ELSE t.result END,
-           error = CASE WHEN t.status = 'running' THEN o.error ELSE t.error END,
-           finished_at = coalesce(t.finished_at, clock_timestamp()),
-           exit_code = o.exit_code, signal = o.signal
-      FROM outcome o
-     WHERE t.id = o.id AND t.worker_id = %(worker_id)s AND t.attempt = o.attempt
-       AND (t.status = 'running'
-            OR (o.error_exit AND t.status = 'failed' AND t.exit_code IS NULL))
-    RETURNING t.id
-)
-SELECT id, pg_notify('""" + notify.DONE + """', id::text) FROM written
-"""
-
-
-def task_finish(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
-                outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
-    """Write a batch of outcomes in one statement, each fenced by (worker, attempt, state),
-    and notify waiters; return the ids written.
+def task_step(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str,
+              max_claim: int, pids: Sequence[tuple[uuid.UUID, int, int]],
+              outcomes: Sequence[Outcome]) -> tuple[list[BackgroundTask], list[uuid.UUID]]:
+    """A worker's loop step in one statement (``pgbg.task_step``, see migration 0004):
+    record pids, write outcomes (fenced by worker, attempt and state; waiters notified),
+    claim up to ``max_claim``. Returns the claimed tasks and the ids of outcomes that were
+    not written because the task is no longer this worker's.
 
     A task that already recorded its own failure (``record_task_error_exit``) keeps its
     status and message; only the exit code is added.
     """
-    rows = conn.execute(TASK_FINISH, {
-        "ids": [o.task_id for o in outcomes],
-        "attempts": [o.attempt for o in outcomes],
-        "statuses": [o.status.value for o in outcomes],
-        "results": [None if o.result is None else json.dumps(o.result) for o in outcomes],
-        "errors": [o.error for o in outcomes],
-        "exit_codes": [o.exit_code for o in outcomes],
-        "signals": [o.signal for o in outcomes],
-        "error_exits": [o.error_exit_recorded for o in outcomes],
-        "worker_id": worker_id,
-    }).fetchall()
-    return [row[0] for row in rows]
+    rows = conn.execute(
+        "SELECT kind, task FROM pgbg.task_step(%s, %s, %s, %s, %s)",
+        (worker_id, hostname, max_claim,
+         Jsonb([{"id": str(i), "attempt": a, "pid": p} for i, a, p in pids]),
+         Jsonb([{"id": str(o.task_id), "attempt": o.attempt, "status": o.status.value,
+                 "result": o.result, "error": o.error, "exit_code": o.exit_code,
+                 "signal": o.signal, "error_exit": o.error_exit_recorded} for o in outcomes])),
+    ).fetchall()
+    claimed = [BackgroundTask.from_wire(task) for kind, task in rows if kind == "claimed"]
+    unwritten = [uuid.UUID(task) for kind, task in rows if kind == "unwritten"]
+    return claimed, unwritten
 
 
 def task_cancel_queued(conn: psycopg.Connection[Any], task_id: uuid.UUID,

@@ -12,6 +12,7 @@ away.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -214,8 +215,9 @@ class Worker:
         return wait if timeout is None else min(wait, timeout)
 
     def _sync(self) -> None:
-        """One transaction, so one commit: write what the loop collected (in order, runs of
-        pids and outcomes batched) and claim into the free slots, if a claim is due."""
+        """Write what the loop collected and claim into free slots, if a claim is due, in
+        one statement (``pgbg.task_step``) and so one commit; progress records, if any,
+        go first in the same transaction."""
         now = time.monotonic()
         free = self._free_slots() if not self._stopping else 0
         claim = free > 0 and (self._want_claim or now >= self._next_poll)
@@ -227,13 +229,15 @@ class Worker:
             return
         conn = self._conn
         assert conn is not None
-        tasks: list[BackgroundTask] = []
+        pids = [item for kind, item in self._writes if kind == "pid"]
+        outcomes = [item for kind, item in self._writes if kind == "outcome"]
+        records = [(kind, item) for kind, item in self._writes if kind not in ("pid", "outcome")]
         try:
-            with conn.transaction():
-                for kind, batch in self._write_batches():
-                    self._write(kind, batch)
-                if claim:
-                    tasks = queries.task_claim(conn, self.id, self.hostname, free)
+            with conn.transaction() if records else contextlib.nullcontext():
+                for kind, item in records:  # before the outcomes of the same tasks
+                    self._write(kind, item)
+                tasks, unwritten = queries.task_step(conn, self.id, self.hostname,
+                                                     free if claim else 0, pids, outcomes)
         except psycopg.OperationalError:
             self._pids_due = time.monotonic() + 1.0
             self._reconnect()  # nothing was committed: the writes are kept for later
@@ -243,6 +247,9 @@ class Worker:
             self._write_one_by_one()
             return
         self._writes.clear()
+        for task_id in unwritten:
+            logger.warning("outcome not written: the task is no longer ours",
+                           extra={"task_id": str(task_id)})
         if claim:
             self._next_poll = time.monotonic() + self.poll_interval
             self._want_claim = len(tasks) == free  # a full batch: more may be waiting
@@ -426,15 +433,6 @@ class Worker:
         except BlockingIOError:
             pass
 
-    def _write_batches(self) -> list[tuple[str, list[Any]]]:
-        batches: list[tuple[str, list[Any]]] = []
-        for kind, item in self._writes:
-            if batches and batches[-1][0] == kind and kind in ("pid", "outcome"):
-                batches[-1][1].append(item)
-            else:
-                batches.append((kind, [item]))
-        return batches
-
     def _write_one_by_one(self) -> None:
         """After a batch failed for a reason other than the connection: each write in its
         own transaction, so one bad write (logged and dropped) cannot stall the rest."""
@@ -443,7 +441,12 @@ class Worker:
             kind, item = self._writes[0]
             try:
                 with self._conn.transaction():
-                    self._write(kind, [item])
+                    if kind == "pid":
+                        queries.task_step(self._conn, self.id, self.hostname, 0, [item], [])
+                    elif kind == "outcome":
+                        queries.task_step(self._conn, self.id, self.hostname, 0, [], [item])
+                    else:
+                        self._write(kind, item)
             except psycopg.OperationalError:
                 self._reconnect()
                 return
@@ -452,23 +455,15 @@ class Worker:
                                  extra={"status": kind})
             del self._writes[0]
 
-    def _write(self, kind: str, batch: list[Any]) -> None:
-        conn = self._conn
-        assert conn is not None
-        if kind == "pid":
-            queries.task_set_pids(conn, self.id, batch)
-        elif kind == "outcome":
-            written = set(queries.task_finish(conn, self.id, batch))
-            for o in batch:
-                if o.task_id not in written:
-                    logger.warning("outcome not written: the task is no longer ours",
-                                   extra={"task_id": str(o.task_id), "attempt": o.attempt})
-        elif kind == "info":
-            queries.task_record_info(conn, *batch[0])
+    def _write(self, kind: str, item: Any) -> None:
+        """One progress record of a task: info, its own failure, or a link."""
+        assert self._conn is not None
+        if kind == "info":
+            queries.task_record_info(self._conn, *item)
         elif kind == "error_exit":
-            queries.task_record_error_exit(conn, *batch[0])
+            queries.task_record_error_exit(self._conn, *item)
         elif kind == "related":
-            queries.task_link_insert(conn, *batch[0])
+            queries.task_link_insert(self._conn, *item)
 
     def _heartbeat(self) -> None:
         """Renew the lease, drop children whose tasks are no longer ours, recover the lost."""
