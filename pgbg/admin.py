@@ -14,7 +14,7 @@ from typing import Any
 from pgbg import db, queries
 from pgbg.api import Result, task_id
 from pgbg.exceptions import InvalidOption, InvalidTaskState, TaskNotFound
-from pgbg.models import BackgroundTask, TaskStatus
+from pgbg.models import TERMINAL_STATUSES, BackgroundTask, TaskStatus
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -100,7 +100,7 @@ def purge_tasks(older_than: timedelta, status: list[str] | None = None,
                 batch_size: int = 1000) -> int:
     """Delete finished tasks that finished more than ``older_than`` ago, in batches (each
     its own short transaction, so workers are never held up); return how many."""
-    statuses = _statuses(status) or [s.value for s in TaskStatus if s.is_terminal]
+    statuses = _statuses(status) or [s.value for s in TERMINAL_STATUSES]
     live = [s for s in statuses if not TaskStatus(s).is_terminal]
     if live:
         raise InvalidOption(f"only finished tasks can be purged, not {', '.join(live)}")

@@ -86,16 +86,9 @@ def enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
     """
     task_uuid = uuid.uuid4()
     params = {
-        "id": str(task_uuid),
-        "func": function_name(func),
-        "task_type": _task_type(task_type),
-        "priority": _int("priority", priority),
-        "num_proc": _int("num_proc", num_proc, minimum=0),
-        "num_of_task_type": _json(_type_limits(num_of_task_type), "num_of_task_type"),
-        "max_attempts": _int("max_attempts", max_attempts, minimum=1),
-        "timeout": _seconds("timeout", timeout),
-        "args": _json_args(args),
-        "kwargs": _json_kwargs(kwargs),
+        **_options(func, task_type, priority, num_proc, num_of_task_type, max_attempts,
+                   timeout),
+        "id": str(task_uuid), "args": _json_args(args), "kwargs": _json_kwargs(kwargs),
     }
     if connection is None:
         with db.shared_connection() as conn:
@@ -119,15 +112,8 @@ def enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Sequence[An
     if kwargs_list is not None and len(kwargs_list) != len(args_list):
         raise InvalidOption(f"kwargs_list has {len(kwargs_list)} items, args_list "
                             f"{len(args_list)}")
-    common = {
-        "func": function_name(func),
-        "task_type": _task_type(task_type),
-        "priority": _int("priority", priority),
-        "num_proc": _int("num_proc", num_proc, minimum=0),
-        "num_of_task_type": _json(_type_limits(num_of_task_type), "num_of_task_type"),
-        "max_attempts": _int("max_attempts", max_attempts, minimum=1),
-        "timeout": _seconds("timeout", timeout),
-    }
+    common = _options(func, task_type, priority, num_proc, num_of_task_type, max_attempts,
+                      timeout)
     ids = [uuid.uuid4() for _ in args_list]
     args_json, kwargs_json = [], []
     for index, args in enumerate(args_list):
@@ -154,6 +140,21 @@ def enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Sequence[An
 
 
 BULK_BATCH = 5000
+
+
+def _options(func: Callable[..., Any] | str, task_type: str, priority: int, num_proc: int,
+             num_of_task_type: Mapping[str, int] | None, max_attempts: int,
+             timeout: float | None) -> dict[str, Any]:
+    """Every option of a task, validated and ready for the insert statement."""
+    return {
+        "func": function_name(func),
+        "task_type": _task_type(task_type),
+        "priority": _int("priority", priority),
+        "num_proc": _int("num_proc", num_proc, minimum=0),
+        "num_of_task_type": _json(_type_limits(num_of_task_type), "num_of_task_type"),
+        "max_attempts": _int("max_attempts", max_attempts, minimum=1),
+        "timeout": _seconds("timeout", timeout),
+    }
 
 
 def run_in_background_with_limits(func: Callable[..., Any] | str, task_type: str, num_proc: int,

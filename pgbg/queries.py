@@ -96,14 +96,6 @@ def queue_list(conn: psycopg.Connection[Any], task_type: str | None = None,
                        queued_at=r[4], waiting_for=list(r[5])) for r in rows]
 
 
-def task_count_running(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    """Running tasks per type (the partial index on running rows answers it)."""
-    rows = conn.execute(
-        "SELECT task_type, count(*) FROM pgbg.task WHERE status = 'running' GROUP BY task_type"
-    ).fetchall()
-    return {task_type: count for task_type, count in rows}
-
-
 # -- tasks: the worker's path --------------------------------------------------------
 
 def task_claim(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str,

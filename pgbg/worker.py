@@ -30,12 +30,12 @@ import psycopg
 
 from pgbg import db, notify, queries
 from pgbg.exceptions import DatabaseUnavailable, InvalidOption
-from pgbg.models import BackgroundTask, TaskStatus
+from pgbg.models import TERMINAL_STATUSES, BackgroundTask, TaskStatus
 from pgbg.queries import Outcome
 
 logger = logging.getLogger(__name__)
 RETENTION_BATCH = 1000  # finished tasks purged per heartbeat when retention is set
-TERMINAL = [s.value for s in TaskStatus if s.is_terminal]
+TERMINAL = [s.value for s in TERMINAL_STATUSES]
 PID_DELAY = 0.05  # seconds a recorded pid may wait for a commit to share
 FORKSERVER_LOST = "the worker's fork server died while the task ran"
 
@@ -62,7 +62,8 @@ class Worker:
     def __init__(self, concurrency: int = 1, *, poll_interval: float = 5.0,
                  heartbeat_interval: float = 5.0, lease: float = 30.0,
                  shutdown_timeout: float = 30.0, kill_grace: float = 5.0,
-                 task_timeout: float | None = None, retention: float | None = None) -> None:
+                 task_timeout: float | None = None, retention: float | None = None,
+                 allow: list[str] | None = None) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidOption(f"concurrency must be a positive int, not {concurrency!r}")
         if not 0 < heartbeat_interval < lease:
@@ -81,6 +82,9 @@ class Worker:
         self.kill_grace = kill_grace
         self.task_timeout = task_timeout
         self.retention = retention  # seconds finished tasks are kept; None: kept for ever
+        # Module prefixes whose functions this worker may run; None: any. A task outside
+        # them fails without its module ever being imported.
+        self.allow = tuple(allow) if allow is not None else None
         self.hostname = socket.gethostname()
         self._conn: psycopg.Connection[Any] | None = None
         self._inbox: notify.Inbox | None = None
@@ -255,8 +259,21 @@ class Worker:
             self._want_claim = len(tasks) == free  # a full batch: more may be waiting
             self._start(tasks)
 
+    def _allowed(self, func: str) -> bool:
+        if self.allow is None:
+            return True
+        module = func.partition(":")[0]
+        return any(module == prefix or module.startswith(prefix.rstrip(".") + ".")
+                   for prefix in self.allow)
+
     def _start(self, tasks: list[BackgroundTask]) -> None:
         for task in tasks:
+            if not self._allowed(task.func):
+                self._writes.append(("outcome", Outcome(
+                    task.id, task.attempt, TaskStatus.FAILED,
+                    error=f"not allowed: {task.func} is outside this worker's allowed "
+                          f"modules ({', '.join(self.allow or ())})")))
+                continue
             running = _Child(task)
             limit = task.timeout or self.task_timeout
             if limit:

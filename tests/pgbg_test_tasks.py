@@ -111,3 +111,11 @@ def logged_work(seconds: float) -> int:
     pgbg.record_task_info(f"ran attempt {task.attempt} in pid {os.getpid()}")
     time.sleep(seconds)
     return task.attempt
+
+
+def import_marker(path: str) -> str:
+    """Import a module whose import leaves a mark on disk (to prove it was not imported)."""
+    os.environ["PGBG_TEST_MARKER"] = path
+    import pgbg_test_side_effect  # noqa: F401
+
+    return "imported"

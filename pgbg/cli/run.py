@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from typing import Annotated
 
@@ -31,6 +32,9 @@ def worker(
     retention: Annotated[str | None, typer.Option(
         help="Purge tasks finished longer ago than this (e.g. 7d), a batch per heartbeat.")
     ] = None,
+    allow: Annotated[list[str] | None, typer.Option(
+        "--allow", help="Only run functions from these module prefixes (repeatable; also "
+        "PGBG_ALLOW, comma-separated). Others fail without being imported.")] = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Run tasks, each in its own child process, until stopped.
@@ -47,7 +51,8 @@ def worker(
     w = Worker(concurrency, poll_interval=poll_interval, shutdown_timeout=shutdown_timeout,
                kill_grace=kill_grace, heartbeat_interval=heartbeat_interval, lease=lease,
                task_timeout=task_timeout,
-               retention=parse_duration(retention).total_seconds() if retention else None)
+               retention=parse_duration(retention).total_seconds() if retention else None,
+               allow=allow or _env_list("PGBG_ALLOW"))
 
     def on_signal(_signum: int, _frame: object) -> None:
         w.stop()  # a second SIGINT/SIGTERM is a hard stop
@@ -55,6 +60,11 @@ def worker(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     w.run()
+
+
+def _env_list(name: str) -> list[str] | None:
+    value = os.environ.get(name, "").strip()
+    return [item.strip() for item in value.split(",") if item.strip()] or None
 
 
 @app.command()

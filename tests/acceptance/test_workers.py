@@ -106,3 +106,20 @@ def test_poll_finds_a_task_whose_notify_was_missed(
     conn.execute("INSERT INTO pgbg.task (id, task_type, func, args) "
                  "VALUES (%s, 't', 'pgbg_test_tasks:add', '[20, 22]')", (tid,))
     assert pgbg.Result(tid).get(timeout=60) == 42
+
+
+def test_functions_outside_the_allowed_modules_are_never_imported(
+        worker_process: Callable[..., WorkerProcess], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "imported"
+    monkeypatch.setenv("PGBG_TEST_MARKER", str(marker))
+    refused = pgbg.run_in_background("pgbg_test_side_effect:run", "t")
+    allowed = pgbg.run_in_background(tasks.add, "t", 1, 2)
+    worker_process(1, "--allow", "pgbg_test_tasks", "--allow", "json")
+    task = pgbg.wait_task(refused, timeout=60)
+    assert task.status is pgbg.TaskStatus.FAILED
+    assert task.error == ("not allowed: pgbg_test_side_effect:run is outside this worker's "
+                          "allowed modules (pgbg_test_tasks, json)")
+    assert task.pid is None  # no process was started for it
+    assert allowed.get(timeout=60) == 3
+    assert not marker.exists()  # the module was never imported, by anyone
