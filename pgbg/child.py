@@ -36,14 +36,24 @@ def resolve(func: str) -> Any:
     return target
 
 
-def run(task: BackgroundTask, report_fd: int, parent_pid: int) -> NoReturn:
-    """Run ``task`` in this freshly forked process, then exit without returning."""
+def serve(task_fd: int, report_fd: int, parent_pid: int) -> NoReturn:
+    """A spare child: isolate now, then wait for the one task it will run (sent as JSON on
+    ``task_fd``), run it and exit. Forked ahead of need, so a task starts without waiting
+    for a fork; it is never reused. End of file without a task: exit quietly."""
     code = 70  # EX_SOFTWARE, should reporting itself fail
     try:
         _isolate(parent_pid)
-        context.enter(task.__class__(**{**task.__dict__, "pid": os.getpid()}), report_fd)
-        message, code = _call(task)
-        context.report(message)
+        data = b""
+        while chunk := os.read(task_fd, 65536):
+            data += chunk
+        os.close(task_fd)
+        if data:
+            task = BackgroundTask.from_wire(json.loads(data))
+            context.enter(task.__class__(**{**task.__dict__, "pid": os.getpid()}), report_fd)
+            message, code = _call(task)
+            context.report(message)
+        else:
+            code = 0
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):

@@ -32,10 +32,11 @@ from pgbg.models import BackgroundTask
 
 @dataclass
 class _Running:
-    task_id: str
+    task_id: str  # "" while it is the spare, waiting for a task
     pid: int
     pidfd: int
     pipe: int
+    task_fd: int = -1  # the spare's: where its task is written
     partial: bytes = b""
 
 
@@ -45,6 +46,7 @@ class Server:
     event_fd: int
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
     children: dict[str, _Running] = field(default_factory=dict)
+    spare: _Running | None = None
     outgoing: bytearray = field(default_factory=bytearray)
     commands: bytes = b""
     preloaded: set[str] = field(default_factory=set)
@@ -55,7 +57,8 @@ class Server:
         os.set_blocking(self.event_fd, False)
         self.selector.register(self.cmd_fd, selectors.EVENT_READ, "cmd")
         self.emit({"ev": "ready"})
-        while self.accepting or self.children:
+        self.fork_spare()
+        while self.accepting or self.children or self.spare:
             self.flush()
             for key, _mask in self.selector.select():
                 if key.data == "cmd":
@@ -103,6 +106,9 @@ class Server:
             self.selector.unregister(self.cmd_fd)
             for running in self.children.values():
                 _kill(running.pid, signal.SIGKILL)
+            if self.spare is not None:  # end of file on its task pipe: it exits
+                os.close(self.spare.task_fd)
+                self.spare.task_fd = -1
             return
         lines = (self.commands + chunk).split(b"\n")
         self.commands = lines.pop()
@@ -115,31 +121,60 @@ class Server:
 
     # -- children ------------------------------------------------------------------
 
-    def start(self, task: BackgroundTask) -> None:
-        module = task.func.partition(":")[0]
-        if module not in self.preloaded:
-            self.preloaded.add(module)
-            with contextlib.suppress(Exception):  # the child reports the error properly
-                importlib.import_module(module)
+    def fork_spare(self) -> None:
+        """Fork the child the next task will run in, ahead of need, so that a task starts
+        without waiting for a fork (the next spare is forked while it runs)."""
+        if not self.accepting or self.spare is not None:
+            return
+        task_r, task_w = os.pipe2(os.O_CLOEXEC)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            os.close(read_fd)
-            os.close(self.cmd_fd)
-            os.close(self.event_fd)
-            child.run(task, write_fd, parent)
+            for fd in (task_w, read_fd, self.cmd_fd, self.event_fd):
+                os.close(fd)
+            child.serve(task_r, write_fd, parent)
+        os.close(task_r)
         os.close(write_fd)
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)  # also done by the child; whichever runs first wins
         os.set_blocking(read_fd, False)
-        running = _Running(str(task.id), pid, os.pidfd_open(pid), read_fd)
+        self.spare = _Running("", pid, os.pidfd_open(pid), read_fd, task_w)
+        self.selector.register(self.spare.pidfd, selectors.EVENT_READ, ("pidfd", self.spare))
+        self.selector.register(read_fd, selectors.EVENT_READ, ("pipe", self.spare))
+
+    def start(self, task: BackgroundTask) -> None:
+        module = task.func.partition(":")[0]
+        if module not in self.preloaded:
+            self.preloaded.add(module)
+            with contextlib.suppress(Exception):  # the child reports the error properly
+                importlib.import_module(module)
+            if self.spare is not None:  # forked before the preload: replace it, once
+                self.retire_spare()
+        self.fork_spare()
+        running, self.spare = self.spare, None
+        assert running is not None
+        running.task_id = str(task.id)
+        data = json.dumps(task.to_wire()).encode()
+        os.set_blocking(running.task_fd, True)
+        while data:
+            data = data[os.write(running.task_fd, data):]
+        os.close(running.task_fd)
+        running.task_fd = -1
         self.children[running.task_id] = running
-        self.selector.register(running.pidfd, selectors.EVENT_READ, ("pidfd", running))
-        self.selector.register(read_fd, selectors.EVENT_READ, ("pipe", running))
-        self.emit({"ev": "started", "task_id": running.task_id, "pid": pid})
+        self.emit({"ev": "started", "task_id": running.task_id, "pid": running.pid})
+        self.flush()  # the worker hears of it before we spend time forking
+        self.fork_spare()  # while this task runs
+
+    def retire_spare(self) -> None:
+        spare, self.spare = self.spare, None
+        assert spare is not None
+        os.close(spare.task_fd)  # end of file: it exits, and is reaped like any child
+        spare.task_fd = -1
+        self.children[f"spare-{spare.pid}"] = spare
+        spare.task_id = f"spare-{spare.pid}"
 
     def read_child(self, running: _Running) -> None:
         while True:
@@ -171,8 +206,15 @@ class Server:
         self.selector.unregister(running.pidfd)
         os.close(running.pidfd)
         running.pipe = running.pidfd = -1
+        if running is self.spare:  # died waiting, or told to exit: fork another if open
+            if running.task_fd >= 0:
+                os.close(running.task_fd)
+            self.spare = None
+            self.fork_spare()
+            return
         del self.children[running.task_id]
-        self.emit({"ev": "exited", "task_id": running.task_id, "status": status})
+        if not running.task_id.startswith("spare-"):
+            self.emit({"ev": "exited", "task_id": running.task_id, "status": status})
 
 
 

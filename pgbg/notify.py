@@ -26,7 +26,10 @@ class Inbox:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
         self.pending: list[psycopg.Notify] = []
-        conn.add_notify_handler(self.pending.append)
+        conn.add_notify_handler(self._received)
+
+    def _received(self, note: psycopg.Notify) -> None:
+        self.pending.append(note)  # whatever list ``pending`` is now
 
     def take(self) -> list[psycopg.Notify]:
         """What has arrived, without blocking; ``OperationalError`` if the connection died."""
