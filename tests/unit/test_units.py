@@ -101,3 +101,17 @@ def test_outside_a_task_the_context_functions_do_nothing() -> None:
 def test_terminal_statuses() -> None:
     assert {s for s in TaskStatus if s.is_terminal} == {
         TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TERMINATED}
+
+
+def test_every_package_is_shipped() -> None:
+    """Editable installs find any package; a real install only those pyproject lists."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "pgbg").rglob(
+        "__init__.py")}
+    found |= {"pgbg.migrations", "pgbg.migrations.versions"}  # mapped from migrations/
+    assert found == listed
