@@ -528,6 +528,14 @@ class Worker:
                 self._connect()
                 break
             except DatabaseUnavailable:
+                now = time.monotonic()
+                hard_stop = self._hard_stop_at is not None and now >= self._hard_stop_at
+                if hard_stop and not self._children:
+                    # Told to stop at once, nothing left running: give up. What could not
+                    # be written is recovered like any lost worker's tasks, after the lease.
+                    raise DatabaseUnavailable(
+                        f"stopping without the database: {len(self._writes)} writes not made; "
+                        "the tasks are recovered after the lease") from None
                 logger.warning("database unavailable; retrying", extra={"delay": delay})
                 self._serve_children(delay)
                 delay = min(delay * 2, 5.0)

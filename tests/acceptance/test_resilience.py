@@ -241,3 +241,23 @@ def _quietly(probe: Callable[[], int]) -> int:
         return probe()
     except psycopg.OperationalError:
         return -1  # the server is still coming back
+
+
+def test_worker_waits_out_a_dead_database_until_told_to_stop(
+        worker_process: Callable[..., WorkerProcess], database_url: str) -> None:
+    if os.environ.get("PGBG_TEST_DATABASE_URL"):
+        pytest.skip("stopping the server needs the embedded server the tests control")
+    # no shutdown grace: a stop request is a hard stop at once
+    worker = worker_process(1, "--heartbeat-interval", "0.2", "--shutdown-timeout", "0")
+    wait_for(lambda: pgbg.list_workers(), timeout=60)
+    pgbg.configure(database_url)  # drop the cached connection before the server goes
+    embedded.stop()
+    try:
+        wait_for(lambda: worker.logged("database unavailable; retrying"), timeout=60,
+                 message="the worker to notice the database is gone")
+        assert worker.proc.poll() is None  # it waits for the database, it does not exit
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 1
+        assert worker.logged("error: stopping without the database")
+    finally:
+        embedded.ensure_running()  # waits until the server accepts connections
