@@ -16,6 +16,7 @@ import types
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -73,12 +74,18 @@ def enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
             kwargs: Mapping[str, Any] | None = None, *, task_type: str, priority: int = 0,
             num_proc: int = 0, num_of_task_type: Mapping[str, int] | None = None,
             connection: Any = None, timeout: float | None = None,
-            max_attempts: int = 1) -> Result:
+            max_attempts: int = 1, run_at: datetime | None = None,
+            delay: float | timedelta | None = None, unique_key: str | None = None,
+            unique_while_running: bool = True) -> Result:
     """Queue ``func(*args, **kwargs)``; the full form of every option.
 
     ``timeout``: seconds the task may run before it is terminated and recorded as failed
     (default: the worker's ``--task-timeout``, if any). ``max_attempts``: how many times
     the task may start; a task lost with its worker is re-queued while attempts remain.
+    ``run_at`` (an aware datetime) or ``delay`` (seconds or a timedelta, database clock):
+    not started before then. ``unique_key``: while a task with that key is queued (or
+    running, unless ``unique_while_running=False``), return that task instead of queueing
+    a second one — the database enforces it, so concurrent enqueues agree.
 
     ``connection``: a psycopg connection, a SQLAlchemy ``Connection`` or ``Session``, or
     any DBAPI connection. The task is then inserted in that transaction and exists only if
@@ -89,13 +96,46 @@ def enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
         **_options(func, task_type, priority, num_proc, num_of_task_type, max_attempts,
                    timeout),
         "id": str(task_uuid), "args": _json_args(args), "kwargs": _json_kwargs(kwargs),
+        **_schedule(run_at, delay), **_unique(unique_key, unique_while_running),
     }
     if connection is None:
         with db.shared_connection() as conn:
-            queries.task_insert(lambda sql, p: conn.execute(sql, p), params)
-    else:
-        queries.task_insert(_executor(connection), params)
-    return Result(task_uuid)
+            return _insert(lambda sql, p: conn.execute(sql, p).fetchall(), params)
+    return _insert(_executor(connection), params)
+
+
+def _insert(execute: queries.Executor, params: dict[str, Any]) -> Result:
+    for _attempt in range(5):
+        if queries.task_insert(execute, params):
+            return Result(uuid.UUID(params["id"]))
+        existing = queries.task_find_unique(execute, params["unique_key"])
+        if existing is not None:
+            return Result(existing)
+        # the holder of the key finished in between: try to insert again
+    raise InvalidOption(f"unique_key {params['unique_key']!r} keeps changing hands; try again")
+
+
+def _schedule(run_at: object, delay: object) -> dict[str, Any]:
+    if run_at is not None and delay is not None:
+        raise InvalidOption("pass run_at= or delay=, not both")
+    if run_at is not None:
+        if not isinstance(run_at, datetime) or run_at.tzinfo is None:
+            raise InvalidOption("run_at must be a timezone-aware datetime")
+        return {"run_at": run_at, "delay": None}
+    if isinstance(delay, timedelta):
+        delay = delay.total_seconds()
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                              or not 0 <= delay < float("inf")):
+        raise InvalidOption(f"delay must be a non-negative number of seconds, not {delay!r}")
+    return {"run_at": None, "delay": delay}
+
+
+def _unique(unique_key: object, while_running: object) -> dict[str, Any]:
+    if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
+        raise InvalidOption(f"unique_key must be a non-empty string, not {unique_key!r}")
+    if not isinstance(while_running, bool):
+        raise InvalidOption("unique_while_running must be True or False")
+    return {"unique_key": unique_key, "unique_running": while_running}
 
 
 def enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Sequence[Any]],
@@ -131,7 +171,7 @@ def enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Sequence[An
     if connection is None:
         with db.shared_connection() as conn, conn.transaction():
             for batch in batches:
-                queries.task_insert_many(lambda sql, p: conn.execute(sql, p), batch)
+                queries.task_insert_many(lambda sql, p: _rows(conn.execute(sql, p)), batch)
     else:
         execute = _executor(connection)
         for batch in batches:
@@ -276,19 +316,29 @@ def _json_kwargs(kwargs: object) -> str:
         raise
 
 
+def _rows(result: Any) -> list[Any]:
+    """The rows of a statement's result, or none if it returns no rows."""
+    description = getattr(result, "description", None)
+    if description is None and hasattr(result, "returns_rows"):
+        return list(result.fetchall()) if result.returns_rows else []
+    return list(result.fetchall()) if description else []
+
+
 def _executor(connection: Any) -> queries.Executor:
     """Run pgbg's statement inside the caller's transaction, whatever the connection type."""
     if isinstance(connection, psycopg.Connection):
-        return lambda sql, params: connection.execute(sql, params)
+        return lambda sql, params: _rows(connection.execute(sql, params))
     if hasattr(connection, "exec_driver_sql"):  # SQLAlchemy Connection
-        return lambda sql, params: connection.exec_driver_sql(sql, dict(params))
+        return lambda sql, params: _rows(connection.exec_driver_sql(sql, dict(params)))
     if hasattr(connection, "get_bind") and hasattr(connection, "connection"):  # ORM Session
-        return lambda sql, params: connection.connection().exec_driver_sql(sql, dict(params))
+        return lambda sql, params: _rows(
+            connection.connection().exec_driver_sql(sql, dict(params)))
     if hasattr(connection, "cursor"):  # any other DBAPI connection (psycopg2, …)
-        def execute(sql: str, params: Mapping[str, Any]) -> None:
+        def execute(sql: str, params: Mapping[str, Any]) -> list[Any]:
             cursor = connection.cursor()
             try:
                 cursor.execute(sql, dict(params))
+                return _rows(cursor)
             finally:
                 cursor.close()
         return execute

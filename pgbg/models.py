@@ -56,6 +56,9 @@ class BackgroundTask:
     result: Any = None
     cancel_requested_at: datetime | None = None
     cancel_requested_by: str | None = None
+    run_at: datetime | None = None
+    unique_key: str | None = None
+    unique_running: bool = True
     complete: bool = False
     completed_successfully: bool = False
 
@@ -68,7 +71,7 @@ class BackgroundTask:
         values = dict(data)
         for name in ("id", "worker_id"):
             values[name] = uuid.UUID(values[name]) if values[name] else None
-        for name in ("queued_at", "started_at", "finished_at", "cancel_requested_at"):
+        for name in ("queued_at", "started_at", "finished_at", "cancel_requested_at", "run_at"):
             values[name] = datetime.fromisoformat(values[name]) if values[name] else None
         values["status"] = TaskStatus(values["status"])
         return cls(**values)
@@ -103,6 +106,7 @@ class QueuedTask:
     priority: int
     queued_at: datetime
     waiting_for: list[str] = field(default_factory=list)
+    run_at: datetime | None = None  # not claimed before this time
 
     @property
     def reason(self) -> str:

@@ -21,9 +21,9 @@ from pgbg.models import BackgroundTask, QueuedTask, TaskStatus
 
 
 class Executor(Protocol):
-    """What ``task_insert`` needs from a connection: psycopg's or an adapter's."""
+    """Runs one statement on a connection (psycopg's or an adapter's), returns its rows."""
 
-    def __call__(self, sql: str, params: Mapping[str, Any]) -> object: ...
+    def __call__(self, sql: str, params: Mapping[str, Any]) -> list[Any]: ...
 
 
 def _task(row: Mapping[str, Any]) -> BackgroundTask:
@@ -32,22 +32,46 @@ def _task(row: Mapping[str, Any]) -> BackgroundTask:
 
 # -- tasks: enqueue ------------------------------------------------------------------
 
+UNIQUE_LIVE = ("unique_key IS NOT NULL AND (status = 'queued' OR "
+               "(status = 'running' AND unique_running))")
+
 TASK_INSERT = """
 WITH inserted AS (
     INSERT INTO pgbg.task (id, task_type, func, args, kwargs, priority, num_proc,
-                           num_of_task_type, max_attempts, timeout)
+                           num_of_task_type, max_attempts, timeout, run_at, unique_key,
+                           unique_running)
     VALUES (%(id)s::uuid, %(task_type)s, %(func)s, %(args)s::jsonb, %(kwargs)s::jsonb,
             %(priority)s, %(num_proc)s, %(num_of_task_type)s::jsonb, %(max_attempts)s,
-            %(timeout)s)
+            %(timeout)s,
+            coalesce(%(run_at)s::timestamptz,
+                     clock_timestamp() + make_interval(secs => %(delay)s::float)),
+            %(unique_key)s, %(unique_running)s)
+    ON CONFLICT (unique_key) WHERE """ + UNIQUE_LIVE + """ DO NOTHING
     RETURNING id
 )
 SELECT pg_notify('""" + notify.QUEUED + """', '') FROM inserted
 """
 
 
-def task_insert(execute: Executor, params: Mapping[str, Any]) -> None:
-    """Insert one queued task and wake the workers (on commit) in one round trip."""
-    execute(TASK_INSERT, params)
+def task_insert(execute: Executor, params: Mapping[str, Any]) -> bool:
+    """Insert one queued task and wake the workers (on commit) in one round trip; False if
+    a live task already holds its ``unique_key``."""
+    return bool(execute(TASK_INSERT, params))
+
+
+def task_find_unique(execute: Executor, unique_key: str) -> uuid.UUID | None:
+    """The live task holding ``unique_key``, if any."""
+    rows = execute("SELECT id::text FROM pgbg.task WHERE unique_key = %(key)s AND "
+                   + UNIQUE_LIVE, {"key": unique_key})
+    return uuid.UUID(rows[0][0]) if rows else None
+
+
+def task_next_due(conn: psycopg.Connection[Any]) -> float | None:
+    """Seconds until the next scheduled task is due (database clock), if one waits."""
+    row = conn.execute(
+        """SELECT extract(epoch FROM min(run_at) - now())::float FROM pgbg.task
+            WHERE status = 'queued' AND run_at IS NOT NULL AND run_at > now()""").fetchone()
+    return row[0] if row else None
 
 
 TASK_INSERT_MANY = """
@@ -86,14 +110,14 @@ def queue_list(conn: psycopg.Connection[Any], task_type: str | None = None,
     """Queued tasks in the order workers consider them, with what blocks each (the view
     ``pgbg.queue``); ``queue_position`` is the place in the whole queue."""
     rows = conn.execute(
-        """SELECT id, task_type, queue_position, priority, queued_at, blocked_by
+        """SELECT id, task_type, queue_position, priority, queued_at, blocked_by, run_at
              FROM pgbg.queue
             WHERE %(type)s::text IS NULL OR task_type = %(type)s
             ORDER BY queue_position LIMIT %(limit)s""",
         {"type": task_type, "limit": limit},
     ).fetchall()
     return [QueuedTask(task_id=str(r[0]), task_type=r[1], queue_position=r[2], priority=r[3],
-                       queued_at=r[4], waiting_for=list(r[5])) for r in rows]
+                       queued_at=r[4], waiting_for=list(r[5]), run_at=r[6]) for r in rows]
 
 
 # -- tasks: the worker's path --------------------------------------------------------

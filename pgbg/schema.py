@@ -68,6 +68,9 @@ task = Table(
     Column("result", JSONB),
     Column("cancel_requested_at", DateTime(timezone=True)),
     Column("cancel_requested_by", Text),
+    Column("run_at", DateTime(timezone=True)),  # not claimed before; NULL: at once
+    Column("unique_key", Text),
+    Column("unique_running", Boolean, nullable=False, server_default=text("true")),
     Column("complete", Boolean, Computed(_TERMINAL, persisted=True), nullable=False),
     Column("completed_successfully", Boolean,
            Computed("status = 'succeeded'::pgbg.task_status", persisted=True), nullable=False),
@@ -81,6 +84,12 @@ task = Table(
           postgresql_where=text("status = 'running'")),
     Index("task_finished_at_idx", "finished_at",
           postgresql_where=text("finished_at IS NOT NULL")),
+    Index("task_scheduled_idx", "run_at",
+          postgresql_where=text("status = 'queued' AND run_at IS NOT NULL")),
+    # At most one live task per key: enforced by the database, so concurrent enqueues agree.
+    Index("task_unique_key_idx", "unique_key", unique=True, postgresql_where=text(
+        "unique_key IS NOT NULL AND (status = 'queued' OR (status = 'running' AND "
+        "unique_running))")),
 )
 
 task_log = Table(

@@ -257,7 +257,19 @@ class Worker:
         if claim:
             self._next_poll = time.monotonic() + self.poll_interval
             self._want_claim = len(tasks) == free  # a full batch: more may be waiting
+            if not self._want_claim:
+                self._wake_for_scheduled()
             self._start(tasks)
+
+    def _wake_for_scheduled(self) -> None:
+        """Idle slots: claim again when the next scheduled task falls due, not later."""
+        assert self._conn is not None
+        try:
+            due = queries.task_next_due(self._conn)
+        except psycopg.OperationalError:
+            return  # the next step reconnects
+        if due is not None:
+            self._next_poll = min(self._next_poll, time.monotonic() + max(due, 0.0) + 0.001)
 
     def _allowed(self, func: str) -> bool:
         if self.allow is None:

@@ -52,7 +52,7 @@ def test_enqueue_inspect_wait_stats(database_url: str,
     queue = as_json(database_url, "queued")
     assert [(q["task_id"], q["queue_position"]) for q in queue] == [(task_id, 1), (blocked, 2)]
     assert set(queue[0]) == {"task_id", "task_type", "queue_position", "priority", "queued_at",
-                             "waiting_for", "reason"}
+                             "waiting_for", "reason", "run_at"}
     shown = as_json(database_url, "show", task_id)
     assert shown["task"]["num_of_task_type"] == {"math": 2}
     assert set(shown) == {"task", "log", "links"}
