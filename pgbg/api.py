@@ -76,7 +76,9 @@ def enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
             connection: Any = None, timeout: float | None = None,
             max_attempts: int = 1, run_at: datetime | None = None,
             delay: float | timedelta | None = None, unique_key: str | None = None,
-            unique_while_running: bool = True) -> Result:
+            unique_while_running: bool = True,
+            retry_on: Sequence[type[BaseException] | str] | None = None,
+            retry_backoff: float | None = None) -> Result:
     """Queue ``func(*args, **kwargs)``; the full form of every option.
 
     ``timeout``: seconds the task may run before it is terminated and recorded as failed
@@ -86,6 +88,9 @@ def enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
     not started before then. ``unique_key``: while a task with that key is queued (or
     running, unless ``unique_while_running=False``), return that task instead of queueing
     a second one — the database enforces it, so concurrent enqueues agree.
+    A failed attempt is retried while ``max_attempts`` allows, after ``retry_backoff``
+    seconds (default: the worker's), doubled per attempt, with jitter; ``retry_on`` limits
+    retries to those exception classes (or their subclasses).
 
     ``connection``: a psycopg connection, a SQLAlchemy ``Connection`` or ``Session``, or
     any DBAPI connection. The task is then inserted in that transaction and exists only if
@@ -97,6 +102,7 @@ def enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
                    timeout),
         "id": str(task_uuid), "args": _json_args(args), "kwargs": _json_kwargs(kwargs),
         **_schedule(run_at, delay), **_unique(unique_key, unique_while_running),
+        **_retry(retry_on, retry_backoff),
     }
     if connection is None:
         with db.shared_connection() as conn:
@@ -130,6 +136,25 @@ def _schedule(run_at: object, delay: object) -> dict[str, Any]:
     return {"run_at": None, "delay": delay}
 
 
+def _retry(retry_on: object, backoff: object) -> dict[str, Any]:
+    names = None
+    if retry_on is not None:
+        if isinstance(retry_on, (str, type)) or not isinstance(retry_on, Sequence):
+            raise InvalidOption("retry_on must be a list of exception classes or names")
+        names = []
+        for item in retry_on:
+            if isinstance(item, type) and issubclass(item, BaseException):
+                names.append(f"{item.__module__}.{item.__qualname__}")
+            elif isinstance(item, str) and item:
+                names.append(item if "." in item else f"builtins.{item}")
+            else:
+                raise InvalidOption(f"retry_on: {item!r} is not an exception class or name")
+    if backoff is not None and (isinstance(backoff, bool) or not isinstance(backoff, (int, float))
+                                or not 0 <= backoff < float("inf")):
+        raise InvalidOption(f"retry_backoff must be a non-negative number, not {backoff!r}")
+    return {"retry_on": names, "retry_backoff": None if backoff is None else float(backoff)}
+
+
 def _unique(unique_key: object, while_running: object) -> dict[str, Any]:
     if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
         raise InvalidOption(f"unique_key must be a non-empty string, not {unique_key!r}")
@@ -152,8 +177,8 @@ def enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Sequence[An
     if kwargs_list is not None and len(kwargs_list) != len(args_list):
         raise InvalidOption(f"kwargs_list has {len(kwargs_list)} items, args_list "
                             f"{len(args_list)}")
-    common = _options(func, task_type, priority, num_proc, num_of_task_type, max_attempts,
-                      timeout)
+    common = {**_options(func, task_type, priority, num_proc, num_of_task_type, max_attempts,
+                         timeout), **_retry(None, None)}
     ids = [uuid.uuid4() for _ in args_list]
     args_json, kwargs_json = [], []
     for index, args in enumerate(args_list):

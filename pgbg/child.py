@@ -27,6 +27,12 @@ except OSError:  # pragma: no cover - not Linux
     libc = None
 
 
+def exception_names(cls: type) -> list[str]:
+    """``module.Qualname`` of an exception class and its bases (retry_on matches any)."""
+    return [f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__
+            if c not in (BaseException, Exception, object)]
+
+
 def resolve(func: str) -> Any:
     """Import ``module:qualname`` and return the function it names."""
     module_name, _, qualname = func.partition(":")
@@ -93,8 +99,9 @@ def _call(task: BackgroundTask) -> tuple[dict[str, Any], int]:
             return {**outcome, "status": "failed",
                     "error": f"exited with code {exc.code}"}, exc.code & 0xFF
         return {**outcome, "status": "failed", "error": str(exc.code)}, 1
-    except BaseException:
-        return {**outcome, "status": "failed", "error": traceback.format_exc()}, 1
+    except BaseException as exc:
+        return {**outcome, "status": "failed", "error": traceback.format_exc(),
+                "exception_types": exception_names(type(exc))}, 1
     try:
         json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as exc:

@@ -59,6 +59,8 @@ class BackgroundTask:
     run_at: datetime | None = None
     unique_key: str | None = None
     unique_running: bool = True
+    retry_on: list[str] | None = None
+    retry_backoff: float | None = None
     complete: bool = False
     completed_successfully: bool = False
 

@@ -39,13 +39,13 @@ TASK_INSERT = """
 WITH inserted AS (
     INSERT INTO pgbg.task (id, task_type, func, args, kwargs, priority, num_proc,
                            num_of_task_type, max_attempts, timeout, run_at, unique_key,
-                           unique_running)
+                           unique_running, retry_on, retry_backoff)
     VALUES (%(id)s::uuid, %(task_type)s, %(func)s, %(args)s::jsonb, %(kwargs)s::jsonb,
             %(priority)s, %(num_proc)s, %(num_of_task_type)s::jsonb, %(max_attempts)s,
             %(timeout)s,
             coalesce(%(run_at)s::timestamptz,
                      clock_timestamp() + make_interval(secs => %(delay)s::float)),
-            %(unique_key)s, %(unique_running)s)
+            %(unique_key)s, %(unique_running)s, %(retry_on)s::text[], %(retry_backoff)s)
     ON CONFLICT (unique_key) WHERE """ + UNIQUE_LIVE + """ DO NOTHING
     RETURNING id
 )
@@ -77,9 +77,10 @@ def task_next_due(conn: psycopg.Connection[Any]) -> float | None:
 TASK_INSERT_MANY = """
 WITH inserted AS (
     INSERT INTO pgbg.task (id, task_type, func, args, kwargs, priority, num_proc,
-                           num_of_task_type, max_attempts, timeout)
+                           num_of_task_type, max_attempts, timeout, retry_on, retry_backoff)
     SELECT id, %(task_type)s, %(func)s, args::jsonb, kwargs::jsonb, %(priority)s,
-           %(num_proc)s, %(num_of_task_type)s::jsonb, %(max_attempts)s, %(timeout)s
+           %(num_proc)s, %(num_of_task_type)s::jsonb, %(max_attempts)s, %(timeout)s,
+           %(retry_on)s::text[], %(retry_backoff)s
       FROM unnest(%(ids)s::uuid[], %(args)s::text[], %(kwargs)s::text[]) AS t(id, args, kwargs)
     RETURNING 1
 )
@@ -207,6 +208,26 @@ def task_record_error_exit(conn: psycopg.Connection[Any], task: BackgroundTask,
             (message, task.id, task.worker_id, task.attempt, notify.DONE),
         )
         task_log_insert(conn, task.id, "error", message)
+
+
+def task_retry_later(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
+                     task: BackgroundTask, error: str, delay: float) -> bool:
+    """Queue a failed attempt again, due after ``delay`` seconds (fenced like an outcome);
+    the attempt's error goes to the task's log."""
+    row = conn.execute(
+        """WITH again AS (
+               UPDATE pgbg.task
+                  SET status = 'queued', run_at = clock_timestamp() + make_interval(secs => %s),
+                      error = %s, pid = NULL, started_at = NULL
+                WHERE id = %s AND worker_id = %s AND attempt = %s AND status = 'running'
+            RETURNING id)
+           SELECT pg_notify(%s, '') FROM again""",
+        (delay, error, task.id, worker_id, task.attempt, notify.QUEUED),
+    ).fetchone()
+    if row:
+        task_log_insert(conn, task.id, "error", f"attempt {task.attempt} failed; retrying in "
+                                                 f"{delay:.1f}s:\n{error}")
+    return row is not None
 
 
 def task_log_insert(conn: psycopg.Connection[Any], task_id: uuid.UUID, level: str,

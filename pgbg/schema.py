@@ -23,7 +23,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 from pgbg.models import TaskStatus
 
@@ -71,6 +71,8 @@ task = Table(
     Column("run_at", DateTime(timezone=True)),  # not claimed before; NULL: at once
     Column("unique_key", Text),
     Column("unique_running", Boolean, nullable=False, server_default=text("true")),
+    Column("retry_on", ARRAY(Text)),  # exception class names retried; NULL: any failure
+    Column("retry_backoff", Float),  # first retry delay, seconds; NULL: the worker's default
     Column("complete", Boolean, Computed(_TERMINAL, persisted=True), nullable=False),
     Column("completed_successfully", Boolean,
            Computed("status = 'succeeded'::pgbg.task_status", persisted=True), nullable=False),

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import selectors
 import signal
 import socket
@@ -36,6 +37,7 @@ from pgbg.queries import Outcome
 logger = logging.getLogger(__name__)
 RETENTION_BATCH = 1000  # finished tasks purged per heartbeat when retention is set
 TERMINAL = [s.value for s in TERMINAL_STATUSES]
+MAX_BACKOFF = 3600.0  # seconds: the longest a retry waits
 PID_DELAY = 0.05  # seconds a recorded pid may wait for a commit to share
 FORKSERVER_LOST = "the worker's fork server died while the task ran"
 
@@ -63,7 +65,7 @@ class Worker:
                  heartbeat_interval: float = 5.0, lease: float = 30.0,
                  shutdown_timeout: float = 30.0, kill_grace: float = 5.0,
                  task_timeout: float | None = None, retention: float | None = None,
-                 allow: list[str] | None = None) -> None:
+                 allow: list[str] | None = None, retry_backoff: float = 1.0) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidOption(f"concurrency must be a positive int, not {concurrency!r}")
         if not 0 < heartbeat_interval < lease:
@@ -85,6 +87,7 @@ class Worker:
         # Module prefixes whose functions this worker may run; None: any. A task outside
         # them fails without its module ever being imported.
         self.allow = tuple(allow) if allow is not None else None
+        self.retry_backoff = retry_backoff  # first retry delay when the task sets none
         self.hostname = socket.gethostname()
         self._conn: psycopg.Connection[Any] | None = None
         self._inbox: notify.Inbox | None = None
@@ -356,7 +359,12 @@ class Worker:
                 self._on_child_message(running, event["message"])
             elif event["ev"] == "exited":
                 del self._children[event["task_id"]]
-                self._writes.append(("outcome", _outcome(running, event["status"])))
+                outcome = _outcome(running, event["status"])
+                delay = self._retry_delay(running, outcome)
+                if delay is None:
+                    self._writes.append(("outcome", outcome))
+                else:
+                    self._writes.append(("retry", (running.task, outcome.error or "", delay)))
                 self._want_claim = True
 
     def _on_child_message(self, running: _Child, message: dict[str, Any]) -> None:
@@ -371,6 +379,20 @@ class Worker:
         elif kind == "related":
             self._writes.append(("related", (running.task.id, message["link_kind"],
                                              message["key"])))
+
+    def _retry_delay(self, running: _Child, outcome: Outcome) -> float | None:
+        """Seconds until a failed attempt runs again, or None: no retry. Never after the
+        task recorded its own failure, nor after a termination someone asked for."""
+        task = running.task
+        if (outcome.status is not TaskStatus.FAILED or running.error_exit
+                or task.attempt >= task.max_attempts):
+            return None
+        if task.retry_on is not None:
+            raised = (running.report or {}).get("exception_types") or []
+            if not set(raised) & set(task.retry_on):
+                return None
+        base = self.retry_backoff if task.retry_backoff is None else task.retry_backoff
+        return float(min(MAX_BACKOFF, base * 2 ** (task.attempt - 1) * random.uniform(0.5, 1.5)))
 
     def _forkserver_lost(self) -> None:
         """Its children died with it (parent-death signal): record them, start a new one."""
@@ -493,6 +515,8 @@ class Worker:
             queries.task_record_error_exit(self._conn, *item)
         elif kind == "related":
             queries.task_link_insert(self._conn, *item)
+        elif kind == "retry":
+            queries.task_retry_later(self._conn, self.id, *item)
 
     def _heartbeat(self) -> None:
         """Renew the lease, drop children whose tasks are no longer ours, recover the lost."""

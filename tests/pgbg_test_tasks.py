@@ -119,3 +119,14 @@ def import_marker(path: str) -> str:
     import pgbg_test_side_effect  # noqa: F401
 
     return "imported"
+
+
+def fail_until_attempt(succeed_at: int, error: str = "ValueError") -> int:
+    """Raise ``error`` (a builtin exception name) until attempt ``succeed_at``."""
+    task = pgbg.get_current_task()
+    assert task is not None
+    if task.attempt < succeed_at:
+        import builtins
+
+        raise getattr(builtins, error)(f"attempt {task.attempt}")
+    return task.attempt

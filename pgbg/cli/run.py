@@ -35,6 +35,9 @@ def worker(
     allow: Annotated[list[str] | None, typer.Option(
         "--allow", help="Only run functions from these module prefixes (repeatable; also "
         "PGBG_ALLOW, comma-separated). Others fail without being imported.")] = None,
+    retry_backoff: Annotated[float, typer.Option(
+        help="First retry delay in seconds for tasks that set none (doubled per attempt).")
+    ] = 1.0,
     log_level: LogLevel = "info",
 ) -> None:
     """Run tasks, each in its own child process, until stopped.
@@ -52,7 +55,7 @@ def worker(
                kill_grace=kill_grace, heartbeat_interval=heartbeat_interval, lease=lease,
                task_timeout=task_timeout,
                retention=parse_duration(retention).total_seconds() if retention else None,
-               allow=allow or _env_list("PGBG_ALLOW"))
+               allow=allow or _env_list("PGBG_ALLOW"), retry_backoff=retry_backoff)
 
     def on_signal(_signum: int, _frame: object) -> None:
         w.stop()  # a second SIGINT/SIGTERM is a hard stop
