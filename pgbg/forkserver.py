@@ -37,6 +37,9 @@ class _Running:
     pidfd: int
     pipe: int
     task_fd: int = -1  # the spare's: where its task is written
+    out: int = -1  # what the task (and anything it starts) writes to stdout and stderr
+    out_kept: int = 0
+    out_dropped: int = 0
     partial: bytes = b""
 
 
@@ -44,6 +47,7 @@ class _Running:
 class Server:
     cmd_fd: int
     event_fd: int
+    output_limit: int = 1 << 20  # bytes of a task's output forwarded; the rest is counted
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
     children: dict[str, _Running] = field(default_factory=dict)
     spare: _Running | None = None
@@ -71,6 +75,8 @@ class Server:
                         self.reap(running)
                     elif kind == "pipe" and running.pipe == key.fd:
                         self.read_child(running)
+                    elif kind == "out" and running.out == key.fd:
+                        self.read_output(running)
         self.flush(block=True)
 
     # -- to the worker -------------------------------------------------------------
@@ -128,22 +134,30 @@ class Server:
             return
         task_r, task_w = os.pipe2(os.O_CLOEXEC)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            for fd in (task_w, read_fd, self.cmd_fd, self.event_fd):
+            os.dup2(out_w, 1)  # the task's stdout and stderr, and its children's, captured
+            os.dup2(out_w, 2)
+            for fd in (task_w, read_fd, out_r, out_w, self.cmd_fd, self.event_fd):
                 os.close(fd)
+            for stream in (sys.stdout, sys.stderr):
+                stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
             child.serve(task_r, write_fd, parent)
         os.close(task_r)
         os.close(write_fd)
+        os.close(out_w)
+        os.set_blocking(out_r, False)
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)  # also done by the child; whichever runs first wins
         os.set_blocking(read_fd, False)
-        self.spare = _Running("", pid, os.pidfd_open(pid), read_fd, task_w)
+        self.spare = _Running("", pid, os.pidfd_open(pid), read_fd, task_w, out_r)
         self.selector.register(self.spare.pidfd, selectors.EVENT_READ, ("pidfd", self.spare))
         self.selector.register(read_fd, selectors.EVENT_READ, ("pipe", self.spare))
+        self.selector.register(out_r, selectors.EVENT_READ, ("out", self.spare))
 
     def start(self, task: BackgroundTask) -> None:
         module = task.func.partition(":")[0]
@@ -193,6 +207,26 @@ class Server:
                 self.emit({"ev": "message", "task_id": running.task_id,
                            "message": json.loads(line)})
 
+    def read_output(self, running: _Running) -> None:
+        """Forward what the task printed, as it comes, up to the limit; count the rest."""
+        while True:
+            try:
+                chunk = os.read(running.out, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self.selector.unregister(running.out)
+                os.close(running.out)
+                running.out = -1
+                return
+            room = max(0, self.output_limit - running.out_kept)
+            if room and running.task_id:
+                kept = chunk[:room]
+                running.out_kept += len(kept)
+                self.emit({"ev": "output", "task_id": running.task_id,
+                           "text": kept.decode("utf-8", "replace")})
+            running.out_dropped += len(chunk) - min(room, len(chunk))
+
     def reap(self, running: _Running) -> None:
         # Exited but not reaped: its pid and group id cannot have been reused yet, so kill
         # whatever it left behind in its group, then reap it.
@@ -203,6 +237,16 @@ class Server:
         if running.pipe >= 0:  # a grandchild holds the pipe open; stop listening to it
             self.selector.unregister(running.pipe)
             os.close(running.pipe)
+        if running.out >= 0:
+            self.read_output(running)  # what is left in the pipe; the group is dead now
+        if running.out >= 0:
+            self.selector.unregister(running.out)
+            os.close(running.out)
+            running.out = -1
+        if running.out_dropped and running.task_id:
+            self.emit({"ev": "output", "task_id": running.task_id, "truncated": True,
+                       "text": f"[output truncated: {running.out_dropped} more bytes not kept "
+                               f"(limit {self.output_limit})]"})
         self.selector.unregister(running.pidfd)
         os.close(running.pidfd)
         running.pipe = running.pidfd = -1
@@ -225,7 +269,7 @@ def _kill(pid: int, sig: int) -> None:
 
 
 def main() -> None:
-    cmd_fd, event_fd, worker_pid = (int(arg) for arg in sys.argv[1:4])
+    cmd_fd, event_fd, worker_pid, output_limit = (int(arg) for arg in sys.argv[1:5])
     # Dies with the worker (its children then kill their own groups).
     if child.libc is not None:
         child.libc.prctl(child.PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
@@ -233,7 +277,7 @@ def main() -> None:
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when tasks stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    Server(cmd_fd, event_fd).serve()
+    Server(cmd_fd, event_fd, output_limit).serve()
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ class Worker:
                  heartbeat_interval: float = 5.0, lease: float = 30.0,
                  shutdown_timeout: float = 30.0, kill_grace: float = 5.0,
                  task_timeout: float | None = None, retention: float | None = None,
-                 allow: list[str] | None = None, retry_backoff: float = 1.0) -> None:
+                 allow: list[str] | None = None, retry_backoff: float = 1.0,
+                 output_limit: int = 1 << 20) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidOption(f"concurrency must be a positive int, not {concurrency!r}")
         if not 0 < heartbeat_interval < lease:
@@ -88,6 +89,7 @@ class Worker:
         # them fails without its module ever being imported.
         self.allow = tuple(allow) if allow is not None else None
         self.retry_backoff = retry_backoff  # first retry delay when the task sets none
+        self.output_limit = output_limit  # bytes of each task's stdout/stderr kept in its log
         self.hostname = socket.gethostname()
         self._conn: psycopg.Connection[Any] | None = None
         self._inbox: notify.Inbox | None = None
@@ -305,7 +307,8 @@ class Worker:
         path = os.pathsep.join(p for p in sys.path if p)
         env = {**os.environ, "PYTHONPATH": path, "PGBG_DATABASE_URL": db.database_url()}
         self._forkserver = subprocess.Popen(
-            [sys.executable, "-m", "pgbg.forkserver", str(cmd_r), str(event_w), str(os.getpid())],
+            [sys.executable, "-m", "pgbg.forkserver", str(cmd_r), str(event_w), str(os.getpid()),
+             str(self.output_limit)],
             pass_fds=(cmd_r, event_w), env=env, stdin=subprocess.DEVNULL)
         os.close(cmd_r)
         os.close(event_w)
@@ -357,6 +360,12 @@ class Worker:
                                              running.pid)))
             elif event["ev"] == "message":
                 self._on_child_message(running, event["message"])
+            elif event["ev"] == "output":
+                last = self._writes[-1] if self._writes else None
+                if last and last[0] == "output" and last[1][0] is running.task:
+                    last[1][1].append(event["text"])  # one log row per burst of output
+                else:
+                    self._writes.append(("output", (running.task, [event["text"]])))
             elif event["ev"] == "exited":
                 del self._children[event["task_id"]]
                 outcome = _outcome(running, event["status"])
@@ -517,6 +526,9 @@ class Worker:
             queries.task_link_insert(self._conn, *item)
         elif kind == "retry":
             queries.task_retry_later(self._conn, self.id, *item)
+        elif kind == "output":
+            task, texts = item
+            queries.task_log_insert(self._conn, task.id, "output", "".join(texts))
 
     def _heartbeat(self) -> None:
         """Renew the lease, drop children whose tasks are no longer ours, recover the lost."""

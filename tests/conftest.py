@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,14 +54,15 @@ def server_url() -> Iterator[str]:
     if explicit:
         yield db.libpq_url(explicit)
         return
-    home = Path(tempfile.gettempdir()) / f"pgbg-tests-{os.getuid()}"
+    # A server of this session's own: concurrent test runs never stop each other's.
+    home = Path(tempfile.mkdtemp(prefix=f"pgbg-tests-{os.getuid()}-"))
     previous = os.environ.get("PGBG_HOME")
     os.environ["PGBG_HOME"] = str(home)
     try:
-        srv, started = embedded.ensure_running()
+        srv, _started = embedded.ensure_running()
         yield srv.url
-        if started:
-            embedded.stop()
+        embedded.stop()
+        shutil.rmtree(home, ignore_errors=True)
     finally:
         if previous is None:
             os.environ.pop("PGBG_HOME", None)

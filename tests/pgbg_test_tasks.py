@@ -130,3 +130,17 @@ def fail_until_attempt(succeed_at: int, error: str = "ValueError") -> int:
 
         raise getattr(builtins, error)(f"attempt {task.attempt}")
     return task.attempt
+
+
+def print_then_block(path: str) -> str:
+    print("step 1 done")
+    print("to stderr", file=sys.stderr)
+    subprocess.run(["echo", "from a grandchild"], check=True)
+    return block_until(path)
+
+
+def print_lots(megabytes: int) -> int:
+    line = "x" * 1023 + "\n"
+    for _ in range(megabytes * 1024):
+        sys.stdout.write(line)
+    return megabytes

@@ -38,6 +38,8 @@ def worker(
     retry_backoff: Annotated[float, typer.Option(
         help="First retry delay in seconds for tasks that set none (doubled per attempt).")
     ] = 1.0,
+    output_limit: Annotated[int, typer.Option(
+        min=0, help="Bytes of each task's stdout/stderr kept in its log.")] = 1 << 20,
     log_level: LogLevel = "info",
 ) -> None:
     """Run tasks, each in its own child process, until stopped.
@@ -55,7 +57,8 @@ def worker(
                kill_grace=kill_grace, heartbeat_interval=heartbeat_interval, lease=lease,
                task_timeout=task_timeout,
                retention=parse_duration(retention).total_seconds() if retention else None,
-               allow=allow or _env_list("PGBG_ALLOW"), retry_backoff=retry_backoff)
+               allow=allow or _env_list("PGBG_ALLOW"), retry_backoff=retry_backoff,
+               output_limit=output_limit)
 
     def on_signal(_signum: int, _frame: object) -> None:
         w.stop()  # a second SIGINT/SIGTERM is a hard stop

@@ -123,3 +123,46 @@ def test_functions_outside_the_allowed_modules_are_never_imported(
     assert task.pid is None  # no process was started for it
     assert allowed.get(timeout=60) == 3
     assert not marker.exists()  # the module was never imported, by anyone
+
+
+def _output(task_id: object) -> str:
+    return "".join(line.message for line in pgbg.get_task_log(task_id)
+                   if line.level == "output")
+
+
+def test_output_is_captured_while_the_task_runs(
+        worker_process: Callable[..., WorkerProcess], tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    result = pgbg.run_in_background(tasks.print_then_block, "t", str(release))
+    worker_process(1)
+    # streamed: in the log while the task still runs, stderr and a grandchild included
+    wait_for(lambda: "from a grandchild" in _output(result), timeout=60)
+    assert pgbg.get_task(result).status is pgbg.TaskStatus.RUNNING
+    output = _output(result)
+    assert "step 1 done\n" in output and "to stderr\n" in output
+    release.touch()
+    assert result.get(timeout=60) == "released"
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.slow
+def test_ten_megabytes_of_output_are_bounded(worker_process: Callable[..., WorkerProcess],
+                                             conn: psycopg.Connection[Any]) -> None:
+    worker = worker_process(1, "--output-limit", "1048576")
+    wait_for(lambda: pgbg.list_workers(), timeout=60)
+    server = int(Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()[0])
+    before = _rss_kb(worker.pid) + _rss_kb(server)
+    result = pgbg.run_in_background(tasks.print_lots, "t", 10)
+    assert result.get(timeout=120) == 10
+    output = _output(result)
+    kept = output.split("[output truncated")[0]
+    assert len(kept.encode()) == 1048576
+    assert output.endswith("[output truncated: 9437184 more bytes not kept (limit 1048576)]")
+    growth_mb = (_rss_kb(worker.pid) + _rss_kb(server) - before) / 1024
+    assert growth_mb < 16, f"worker and fork server grew by {growth_mb:.1f} MB"
