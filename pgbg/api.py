@@ -35,6 +35,7 @@ from pgbg.exceptions import (
 from pgbg.models import BackgroundTask, QueuedTask, TaskStatus
 
 WAIT_POLL_INTERVAL = 5.0  # the fallback when a completion NOTIFY is missed
+POLL_ONLY_INTERVAL = 0.2  # how often wait_task looks at the row when it may not LISTEN
 
 
 @dataclass(frozen=True)
@@ -415,20 +416,25 @@ def wait_task(task: object, timeout: float | None = None) -> BackgroundTask:
 
 
 def _wait_on_connection(tid: uuid.UUID, deadline: float | None) -> BackgroundTask:
+    listen = db.listen_enabled()
     with db.connect() as conn:
-        notify.listen(conn, notify.DONE)  # listen first, then look: nothing slips between
+        if listen:
+            notify.listen(conn, notify.DONE)  # listen first, then look: nothing slips between
         while True:
             row = queries.task_get(conn, tid)
             if row is None:
                 raise TaskNotFound(f"no task with id {tid}")
             if row.status.is_terminal:
                 return row
-            remaining = WAIT_POLL_INTERVAL
+            remaining = WAIT_POLL_INTERVAL if listen else POLL_ONLY_INTERVAL
             if deadline is not None:
                 remaining = min(remaining, deadline - time.monotonic())
                 if remaining <= 0:
                     raise TimeoutError(f"task {tid} did not complete in time "
                                        f"(status: {row.status.value})")
+            if not listen:
+                time.sleep(remaining)  # poll-only mode: the row is the only signal
+                continue
             for note in conn.notifies(timeout=remaining):
                 if note.payload == str(tid):
                     break

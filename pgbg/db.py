@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 _explicit_url: str | None = None
+_listen: bool | None = None  # None: from PGBG_NO_LISTEN
 _resolved_url: str | None = None
 _lock = threading.Lock()
 _shared: psycopg.Connection[Any] | None = None
@@ -33,12 +34,16 @@ _shared_pid: int | None = None
 _inherited: list[Any] = []  # connections a forked child must keep but never touch
 
 
-def configure(url: str | None = None, *, engine: Engine | None = None) -> None:
+def configure(url: str | None = None, *, engine: Engine | None = None,
+              listen: bool | None = None) -> None:
     """Point pgbg at a database explicitly (a URL, or the application's SQLAlchemy engine).
 
-    Call with no arguments to go back to the environment / embedded default.
+    ``listen=False``: poll instead of LISTEN (behind a transaction-pooling PgBouncer, where
+    LISTEN does not work); default from ``PGBG_NO_LISTEN``. Call with no arguments to go
+    back to the environment / embedded default.
     """
-    global _explicit_url, _resolved_url
+    global _explicit_url, _resolved_url, _listen
+    _listen = listen
     if url is not None and engine is not None:
         from pgbg.exceptions import ConfigurationError
 
@@ -49,6 +54,14 @@ def configure(url: str | None = None, *, engine: Engine | None = None) -> None:
         _explicit_url = libpq_url(url) if url else None
         _resolved_url = None
         _drop_shared()
+
+
+def listen_enabled() -> bool:
+    """Whether pgbg may LISTEN (else it polls): ``configure(listen=)``, else the absence of
+    ``PGBG_NO_LISTEN=1``."""
+    if _listen is not None:
+        return _listen
+    return os.environ.get("PGBG_NO_LISTEN", "").lower() not in ("1", "true", "yes")
 
 
 def libpq_url(url: str) -> str:

@@ -66,7 +66,7 @@ class Worker:
                  shutdown_timeout: float = 30.0, kill_grace: float = 5.0,
                  task_timeout: float | None = None, retention: float | None = None,
                  allow: list[str] | None = None, retry_backoff: float = 1.0,
-                 output_limit: int = 1 << 20) -> None:
+                 output_limit: int = 1 << 20, listen: bool | None = None) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidOption(f"concurrency must be a positive int, not {concurrency!r}")
         if not 0 < heartbeat_interval < lease:
@@ -90,6 +90,9 @@ class Worker:
         self.allow = tuple(allow) if allow is not None else None
         self.retry_backoff = retry_backoff  # first retry delay when the task sets none
         self.output_limit = output_limit  # bytes of each task's stdout/stderr kept in its log
+        # Without LISTEN (poll-only, e.g. behind a transaction-pooling PgBouncer) every wake
+        # comes from the poll: new tasks, cancel requests, due times.
+        self.listen = db.listen_enabled() if listen is None else listen
         self.hostname = socket.gethostname()
         self._conn: psycopg.Connection[Any] | None = None
         self._inbox: notify.Inbox | None = None
@@ -160,7 +163,8 @@ class Worker:
         self._next_heartbeat = time.monotonic() + self.heartbeat_interval
         self._started = True
         logger.info("worker started", extra={"worker_id": str(self.id),
-                                             "concurrency": self.concurrency})
+                                             "concurrency": self.concurrency,
+                                             "listen": self.listen})
 
     def run_once(self, timeout: float | None = 0.0) -> None:
         """One step: claim into free slots, wait for events up to ``timeout``, handle them."""
@@ -559,7 +563,8 @@ class Worker:
 
     def _connect(self) -> None:
         conn = db.connect(application_name=f"pgbg worker {self.id}")
-        notify.listen(conn, notify.QUEUED, notify.CANCEL)
+        if self.listen:
+            notify.listen(conn, notify.QUEUED, notify.CANCEL)
         self._conn, self._inbox = conn, notify.Inbox(conn)
         self._conn_fd = conn.fileno()
         self._selector.register(self._conn_fd, selectors.EVENT_READ, "db")

@@ -30,6 +30,15 @@ TESTS_DIR = Path(__file__).parent
 _counter = itertools.count()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the poll-only pass (PGBG_NO_LISTEN=1) the tests of LISTEN itself do not apply."""
+    if not db.listen_enabled():
+        skip = pytest.mark.skip(reason="tests LISTEN/NOTIFY; this pass is poll-only")
+        for item in items:
+            if "listen" in item.keywords:
+                item.add_marker(skip)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02,
              message: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
@@ -159,7 +168,10 @@ class WorkerProcess:
     def __init__(self, database_url: str, concurrency: int, *extra: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pgbg", "worker", "--concurrency", str(concurrency),
-             "--poll-interval", "1", "--log-level", "info", *extra],
+             # poll-only, the poll is the only wake-up: poll often (a test's own
+             # --poll-interval in ``extra`` comes later and wins)
+             "--poll-interval", "1" if db.listen_enabled() else "0.2",
+             "--log-level", "info", *extra],
             env=worker_env(database_url), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True)
         self.log: list[str] = []

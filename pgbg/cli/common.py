@@ -28,7 +28,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (stable key
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
 
 _LOG_FIELDS = ("task_id", "task_type", "pid", "worker_id", "attempt", "delay", "concurrency",
-               "running", "status")
+               "running", "status", "listen")
 
 
 class _Formatter(logging.Formatter):

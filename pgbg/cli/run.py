@@ -40,6 +40,9 @@ def worker(
     ] = 1.0,
     output_limit: Annotated[int, typer.Option(
         min=0, help="Bytes of each task's stdout/stderr kept in its log.")] = 1 << 20,
+    listen: Annotated[bool | None, typer.Option(
+        "--listen/--no-listen", help="--no-listen: poll only (for a transaction-pooling "
+        "PgBouncer); default from PGBG_NO_LISTEN.")] = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Run tasks, each in its own child process, until stopped.
@@ -58,7 +61,7 @@ def worker(
                task_timeout=task_timeout,
                retention=parse_duration(retention).total_seconds() if retention else None,
                allow=allow or _env_list("PGBG_ALLOW"), retry_backoff=retry_backoff,
-               output_limit=output_limit)
+               output_limit=output_limit, listen=listen)
 
     def on_signal(_signum: int, _frame: object) -> None:
         w.stop()  # a second SIGINT/SIGTERM is a hard stop

@@ -63,7 +63,8 @@ def top(
         return
     stop_at = None if duration is None else time.monotonic() + duration
     with db.connect(application_name="pgbg top") as listener:
-        notify.listen(listener, notify.QUEUED, notify.DONE)
+        if db.listen_enabled():
+            notify.listen(listener, notify.QUEUED, notify.DONE)
         try:
             with Live(frame(), console=console, auto_refresh=False) as live:
                 while stop_at is None or time.monotonic() < stop_at:

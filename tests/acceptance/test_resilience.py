@@ -185,6 +185,7 @@ def test_chaos_workers_killed_at_random(worker_process: Callable[..., WorkerProc
         os.waitpid(-1, os.WNOHANG)
 
 
+@pytest.mark.listen
 def test_killed_listen_connection_is_replaced(worker_process: Callable[..., WorkerProcess],
                                               conn: psycopg.Connection[Any]) -> None:
     worker_process(1, "--poll-interval", "3600", "--heartbeat-interval", "0.2")

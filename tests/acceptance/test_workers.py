@@ -87,6 +87,7 @@ def test_second_sigint_stops_at_once(worker_process: Callable[..., WorkerProcess
             Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
 
 
+@pytest.mark.listen
 def test_notify_wakes_an_idle_worker(worker_process: Callable[..., WorkerProcess],
                                      conn: psycopg.Connection[Any]) -> None:
     # a poll interval far beyond the test's reach: only the NOTIFY can start the task
@@ -166,3 +167,15 @@ def test_ten_megabytes_of_output_are_bounded(worker_process: Callable[..., Worke
     assert output.endswith("[output truncated: 9437184 more bytes not kept (limit 1048576)]")
     growth_mb = (_rss_kb(worker.pid) + _rss_kb(server) - before) / 1024
     assert growth_mb < 16, f"worker and fork server grew by {growth_mb:.1f} MB"
+
+
+def test_poll_only_mode_runs_waits_and_terminates(
+        worker_process: Callable[..., WorkerProcess], tmp_path: Path, database_url: str) -> None:
+    pgbg.configure(database_url, listen=False)  # wait_task polls too
+    worker = worker_process(1, "--no-listen", "--poll-interval", "0.2")
+    assert pgbg.run_in_background(tasks.add, "t", 2, 2).get(timeout=60) == 4
+    blocked = pgbg.run_in_background(tasks.block_until, "t", str(tmp_path / "never"))
+    wait_for(lambda: pgbg.get_task(blocked).pid, timeout=60)
+    task = pgbg.terminate_background(blocked, timeout=60)  # found by the worker's poll
+    assert task.status is pgbg.TaskStatus.TERMINATED
+    assert worker.logged("listen=False")

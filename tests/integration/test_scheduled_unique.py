@@ -29,6 +29,7 @@ def test_a_scheduled_task_waits_and_says_so(make_worker: Callable[..., Driver],
     assert queued.waiting_for[0].startswith("scheduled for ")
 
 
+@pytest.mark.listen
 def test_the_worker_wakes_when_a_task_falls_due(make_worker: Callable[..., Driver],
                                                 conn: psycopg.Connection[Any]) -> None:
     driver = make_worker(1, poll_interval=3600)  # only its due-time timer can wake it now
