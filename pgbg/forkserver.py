@@ -197,9 +197,7 @@ class Server:
             except BlockingIOError:
                 return
             if not chunk:
-                self.selector.unregister(running.pipe)
-                os.close(running.pipe)
-                running.pipe = -1
+                running.pipe = self.unwatch(running.pipe)
                 return
             lines = (running.partial + chunk).split(b"\n")
             running.partial = lines.pop()
@@ -215,9 +213,7 @@ class Server:
             except BlockingIOError:
                 return
             if not chunk:
-                self.selector.unregister(running.out)
-                os.close(running.out)
-                running.out = -1
+                running.out = self.unwatch(running.out)
                 return
             room = max(0, self.output_limit - running.out_kept)
             if room and running.task_id:
@@ -227,6 +223,12 @@ class Server:
                            "text": kept.decode("utf-8", "replace")})
             running.out_dropped += len(chunk) - min(room, len(chunk))
 
+    def unwatch(self, fd: int) -> int:
+        """Stop watching ``fd`` and close it; returns -1, the value for "closed"."""
+        self.selector.unregister(fd)
+        os.close(fd)
+        return -1
+
     def reap(self, running: _Running) -> None:
         # Exited but not reaped: its pid and group id cannot have been reused yet, so kill
         # whatever it left behind in its group, then reap it.
@@ -235,21 +237,16 @@ class Server:
         if running.pipe >= 0:
             self.read_child(running)  # its last words are in the pipe buffer by now
         if running.pipe >= 0:  # a grandchild holds the pipe open; stop listening to it
-            self.selector.unregister(running.pipe)
-            os.close(running.pipe)
+            running.pipe = self.unwatch(running.pipe)
         if running.out >= 0:
             self.read_output(running)  # what is left in the pipe; the group is dead now
         if running.out >= 0:
-            self.selector.unregister(running.out)
-            os.close(running.out)
-            running.out = -1
+            running.out = self.unwatch(running.out)
         if running.out_dropped and running.task_id:
             self.emit({"ev": "output", "task_id": running.task_id, "truncated": True,
                        "text": f"[output truncated: {running.out_dropped} more bytes not kept "
                                f"(limit {self.output_limit})]"})
-        self.selector.unregister(running.pidfd)
-        os.close(running.pidfd)
-        running.pipe = running.pidfd = -1
+        running.pidfd = self.unwatch(running.pidfd)
         if running is self.spare:  # died waiting, or told to exit: fork another if open
             if running.task_fd >= 0:
                 os.close(running.task_fd)
