@@ -52,6 +52,10 @@ class TaskNotFound(PgbgError, LookupError):
     """No task has that id."""
 
 
+class PeriodicNotFound(PgbgError, LookupError):
+    """No periodic task has that name."""
+
+
 class InvalidTaskState(PgbgError):
     """The task is not in a state that allows this."""
 

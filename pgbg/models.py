@@ -61,6 +61,8 @@ class BackgroundTask:
     unique_running: bool = True
     retry_on: list[str] | None = None
     retry_backoff: float | None = None
+    periodic: str | None = None  # the periodic task that queued it
+    period: datetime | None = None  # ... for this period
     complete: bool = False
     completed_successfully: bool = False
 
@@ -73,7 +75,8 @@ class BackgroundTask:
         values = dict(data)
         for name in ("id", "worker_id"):
             values[name] = uuid.UUID(values[name]) if values[name] else None
-        for name in ("queued_at", "started_at", "finished_at", "cancel_requested_at", "run_at"):
+        for name in ("queued_at", "started_at", "finished_at", "cancel_requested_at", "run_at",
+                     "period"):
             values[name] = datetime.fromisoformat(values[name]) if values[name] else None
         values["status"] = TaskStatus(values["status"])
         return cls(**values)

@@ -10,6 +10,7 @@ import psycopg
 # identical notifications of one transaction into one); DONE carries the task id.
 QUEUED = "pgbg_queued"
 DONE = "pgbg_done"
+PERIODIC = "pgbg_periodic"  # payload: the name of a periodic task declared or changed
 CANCEL = "pgbg_cancel"  # payload: the task id; the owning worker checks the row before it kills
 
 

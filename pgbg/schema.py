@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     Computed,
     DateTime,
@@ -73,6 +74,8 @@ task = Table(
     Column("unique_running", Boolean, nullable=False, server_default=text("true")),
     Column("retry_on", ARRAY(Text)),  # exception class names retried; NULL: any failure
     Column("retry_backoff", Float),  # first retry delay, seconds; NULL: the worker's default
+    Column("periodic", Text),  # the periodic task that queued it, if one did
+    Column("period", DateTime(timezone=True)),  # ... and for which period
     Column("complete", Boolean, Computed(_TERMINAL, persisted=True), nullable=False),
     Column("completed_successfully", Boolean,
            Computed("status = 'succeeded'::pgbg.task_status", persisted=True), nullable=False),
@@ -92,6 +95,9 @@ task = Table(
     Index("task_unique_key_idx", "unique_key", unique=True, postgresql_where=text(
         "unique_key IS NOT NULL AND (status = 'queued' OR (status = 'running' AND "
         "unique_running))")),
+    # Once per period: a property of the table, not only of the code that writes it.
+    Index("task_periodic_period_idx", "periodic", "period", unique=True,
+          postgresql_where=text("periodic IS NOT NULL")),
 )
 
 task_log = Table(
@@ -116,6 +122,40 @@ task_link = Table(
     Column("key", Text, nullable=False),
     PrimaryKeyConstraint("task_id", "kind", "key"),
     Index("task_link_object_idx", "kind", "key"),
+)
+
+# One row per periodic task: what to queue (a task's options) and when. ``next_run_at`` is
+# the next period; the worker that first finds it due queues the task and moves it on.
+periodic = Table(
+    "periodic",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("func", Text, nullable=False),
+    Column("args", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("kwargs", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("task_type", Text, nullable=False),
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("num_proc", Integer, nullable=False, server_default=text("0")),
+    Column("num_of_task_type", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("max_attempts", Integer, nullable=False, server_default=text("1")),
+    Column("timeout", Float),
+    Column("retry_on", ARRAY(Text)),
+    Column("retry_backoff", Float),
+    Column("skip_if_running", Boolean, nullable=False, server_default=text("false")),
+    Column("cron", Text),  # a cron expression, read in ``timezone``; or
+    Column("every", Float),  # seconds, periods counted from the Unix epoch
+    Column("timezone", Text, nullable=False, server_default=text("'UTC'")),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("next_run_at", DateTime(timezone=True), nullable=False),
+    Column("last_period", DateTime(timezone=True)),
+    Column("last_task_id", UUID(as_uuid=True)),  # NULL after a period skipped
+    Column("created_at", DateTime(timezone=True), nullable=False,
+           server_default=text("now()")),
+    Column("updated_at", DateTime(timezone=True), nullable=False,
+           server_default=text("now()")),
+    CheckConstraint("(cron IS NULL) <> (every IS NULL)", name="periodic_one_schedule"),
+    CheckConstraint("every IS NULL OR every >= 1", name="periodic_every_positive"),
+    Index("periodic_due_idx", "next_run_at", postgresql_where=text("enabled")),
 )
 
 worker = Table(

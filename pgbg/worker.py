@@ -24,12 +24,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
-from pgbg import db, notify, queries
+from pgbg import db, notify, periodic, queries
 from pgbg.exceptions import DatabaseUnavailable, InvalidOption
 from pgbg.models import TERMINAL_STATUSES, BackgroundTask, TaskStatus
 from pgbg.queries import Outcome
@@ -39,6 +41,7 @@ RETENTION_BATCH = 1000  # finished tasks purged per heartbeat when retention is 
 TERMINAL = [s.value for s in TERMINAL_STATUSES]
 MAX_BACKOFF = 3600.0  # seconds: the longest a retry waits
 PID_DELAY = 0.05  # seconds a recorded pid may wait for a commit to share
+PERIODIC_RECHECK = 60.0  # seconds between looks at periodic tasks when none falls due sooner
 FORKSERVER_LOST = "the worker's fork server died while the task ran"
 
 
@@ -66,7 +69,8 @@ class Worker:
                  shutdown_timeout: float = 30.0, kill_grace: float = 5.0,
                  task_timeout: float | None = None, retention: float | None = None,
                  allow: list[str] | None = None, retry_backoff: float = 1.0,
-                 output_limit: int = 1 << 20, listen: bool | None = None) -> None:
+                 output_limit: int = 1 << 20, listen: bool | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidOption(f"concurrency must be a positive int, not {concurrency!r}")
         if not 0 < heartbeat_interval < lease:
@@ -93,6 +97,8 @@ class Worker:
         # Without LISTEN (poll-only, e.g. behind a transaction-pooling PgBouncer) every wake
         # comes from the poll: new tasks, cancel requests, due times.
         self.listen = db.listen_enabled() if listen is None else listen
+        # The clock periodic tasks fall due by; None: the database's. Tests inject one.
+        self.clock = clock
         self.hostname = socket.gethostname()
         self._conn: psycopg.Connection[Any] | None = None
         self._inbox: notify.Inbox | None = None
@@ -111,6 +117,7 @@ class Worker:
         self._next_poll = 0.0
         self._next_heartbeat = 0.0
         self._next_cancel_check = 0.0
+        self._next_periodic = 0.0
         self._stopping = False
         self._hard_stop_at: float | None = None
         self._started = False
@@ -176,6 +183,8 @@ class Worker:
         self._enforce_time_limits(now)
         if self._children and now >= self._next_cancel_check:
             self._check_cancel_requests()
+        if not self._stopping and now >= self._next_periodic:
+            self._enqueue_periodic()
         self._sync()
         if self._inbox is not None and self._inbox.pending:  # arrived during our queries
             self._on_notifications()
@@ -218,10 +227,12 @@ class Worker:
         if self._stopping:
             if self._hard_stop_at is not None:
                 deadlines.append(self._hard_stop_at)
-        elif self._free_slots():
-            if self._want_claim:
-                return 0.0
-            deadlines.append(self._next_poll)
+        else:
+            deadlines.append(self._next_periodic)
+            if self._free_slots():
+                if self._want_claim:
+                    return 0.0
+                deadlines.append(self._next_poll)
         if self._writes:
             deadlines.append(self._pids_due)  # pids waiting to ride along; or a retry
         wait = max(0.0, min(deadlines) - now)
@@ -279,6 +290,26 @@ class Worker:
             return  # the next step reconnects
         if due is not None:
             self._next_poll = min(self._next_poll, time.monotonic() + max(due, 0.0) + 0.001)
+
+    def _enqueue_periodic(self) -> None:
+        """Queue what periodic tasks are due; look again at the next due period, or sooner:
+        a declared or changed one is announced by NOTIFY, but not without LISTEN."""
+        assert self._conn is not None
+        recheck = PERIODIC_RECHECK if self.listen else self.poll_interval
+        try:
+            tick = periodic.enqueue_due(self._conn, self.clock() if self.clock else None)
+        except psycopg.OperationalError:
+            self._reconnect()
+            return
+        except psycopg.Error:
+            logger.exception("could not queue periodic tasks")
+            self._next_periodic = time.monotonic() + recheck
+            return
+        if tick.queued:
+            self._want_claim = True
+        if tick.next_due is not None:
+            recheck = min(recheck, (tick.next_due - tick.now).total_seconds())
+        self._next_periodic = time.monotonic() + max(recheck, 0.0) + 0.001
 
     def _allowed(self, func: str) -> bool:
         if self.allow is None:
@@ -487,6 +518,8 @@ class Worker:
             return
         if any(n.channel == notify.QUEUED for n in notes):
             self._want_claim = True
+        if any(n.channel == notify.PERIODIC for n in notes):
+            self._next_periodic = 0.0
         if any(n.channel == notify.CANCEL and n.payload in self._children for n in notes):
             self._check_cancel_requests()
 
@@ -564,7 +597,7 @@ class Worker:
     def _connect(self) -> None:
         conn = db.connect(application_name=f"pgbg worker {self.id}")
         if self.listen:
-            notify.listen(conn, notify.QUEUED, notify.CANCEL)
+            notify.listen(conn, notify.QUEUED, notify.CANCEL, notify.PERIODIC)
         self._conn, self._inbox = conn, notify.Inbox(conn)
         self._conn_fd = conn.fileno()
         self._selector.register(self._conn_fd, selectors.EVENT_READ, "db")

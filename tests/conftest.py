@@ -165,9 +165,10 @@ def worker_env(database_url: str) -> dict[str, str]:
 class WorkerProcess:
     """A real ``pgbg worker`` process; stopped by pid. Its log lines are collected."""
 
-    def __init__(self, database_url: str, concurrency: int, *extra: str) -> None:
+    def __init__(self, database_url: str, concurrency: int, *extra: str,
+                 entry: tuple[str, ...] = ("pgbg", "worker")) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pgbg", "worker", "--concurrency", str(concurrency),
+            [sys.executable, "-m", *entry, "--concurrency", str(concurrency),
              # poll-only, the poll is the only wake-up: poll often (a test's own
              # --poll-interval in ``extra`` comes later and wins)
              "--poll-interval", "1" if db.listen_enabled() else "0.2",
@@ -216,8 +217,8 @@ class WorkerProcess:
 def worker_process(database_url: str) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(concurrency: int = 2, *extra: str) -> WorkerProcess:
-        process = WorkerProcess(database_url, concurrency, *extra)
+    def start(concurrency: int = 2, *extra: str, **options: Any) -> WorkerProcess:
+        process = WorkerProcess(database_url, concurrency, *extra, **options)
         started.append(process)
         return process
 

@@ -184,20 +184,32 @@ def _check_importable(func: str) -> None:
         raise InvalidTaskFunction(f"{func} is not callable")
 
 
+# The options of a task, shared by `enqueue` and `periodic add`.
+FuncArgument = Annotated[str, typer.Argument(help="The function, as module:function.")]
+ArgsOption = Annotated[str, typer.Option(help="Positional arguments, a JSON array.")]
+KwargsOption = Annotated[str, typer.Option(help="Keyword arguments, a JSON object.")]
+PriorityOption = Annotated[int, typer.Option(help="Higher runs first.")]
+NumProcOption = Annotated[int, typer.Option(min=0, help="Start only while fewer run.")]
+LimitOption = Annotated[list[str] | None, typer.Option(
+    help="TYPE=N: start only while fewer than N of TYPE run (repeatable).")]
+TimeoutOption = Annotated[float | None, typer.Option(help="Time limit in seconds.")]
+MaxAttemptsOption = Annotated[int, typer.Option(min=1, help="Attempts allowed.")]
+CheckOption = Annotated[bool, typer.Option(help="Check the function can be imported here.")]
+
+
 @app.command()
 @command
 def enqueue(
-    func: Annotated[str, typer.Argument(help="The function, as module:function.")],
+    func: FuncArgument,
     task_type: Annotated[str, typer.Option("--type", "-t", help="The task type.")],
-    args: Annotated[str, typer.Option(help="Positional arguments, a JSON array.")] = "[]",
-    kwargs: Annotated[str, typer.Option(help="Keyword arguments, a JSON object.")] = "{}",
-    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
-    num_proc: Annotated[int, typer.Option(min=0, help="Start only while fewer run.")] = 0,
-    limit: Annotated[list[str] | None, typer.Option(
-        help="TYPE=N: start only while fewer than N of TYPE run (repeatable).")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Time limit in seconds.")] = None,
-    max_attempts: Annotated[int, typer.Option(min=1, help="Attempts allowed.")] = 1,
-    check: Annotated[bool, typer.Option(help="Check the function can be imported here.")] = True,
+    args: ArgsOption = "[]",
+    kwargs: KwargsOption = "{}",
+    priority: PriorityOption = 0,
+    num_proc: NumProcOption = 0,
+    limit: LimitOption = None,
+    timeout: TimeoutOption = None,
+    max_attempts: MaxAttemptsOption = 1,
+    check: CheckOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Queue a function by name; prints the task id.

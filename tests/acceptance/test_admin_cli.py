@@ -129,6 +129,20 @@ def test_top_renders_a_frame_and_exits(database_url: str,
     assert done.returncode == 0 and "workers" in done.stdout
 
 
+def test_periodic_add_list_remove(database_url: str) -> None:
+    added = as_json(database_url, "periodic", "add", "nightly", "pgbg_test_tasks:add",
+                    "--args", "[1, 2]", "--cron", "0 3 * * *", "--timezone", "Europe/Paris",
+                    "--max-attempts", "3", "--skip-if-running")
+    assert (added["name"], added["cron"], added["timezone"], added["max_attempts"],
+            added["skip_if_running"]) == ("nightly", "0 3 * * *", "Europe/Paris", 3, True)
+    ok(database_url, "periodic", "add", "often", "pgbg_test_tasks:add", "--every", "15m")
+    listed = as_json(database_url, "periodic", "ls")
+    assert {p["name"]: p["every"] for p in listed} == {"nightly": None, "often": 900.0}
+    assert "nightly" in ok(database_url, "periodic", "ls")
+    assert ok(database_url, "periodic", "rm", "often").strip() == "removed often"
+    assert [p.name for p in pgbg.list_periodic()] == ["nightly"]
+
+
 def test_doctor_passes_on_a_healthy_database(database_url: str) -> None:
     assert all(check["ok"] for check in as_json(database_url, "doctor"))
 
@@ -156,6 +170,17 @@ BAD = [
     (["purge", "--older-than", "1d", "--status", "running"],
      "error: only finished tasks can be purged"),
     (["ls", "--status", "done"], "error: unknown status 'done'"),
+    (["periodic", "add", "p", "pgbg_test_tasks:add", "--cron", "every day"],
+     "error: 'every day' is not a cron expression"),
+    (["periodic", "add", "p", "pgbg_test_tasks:add", "--every", "1h", "--cron", "* * * * *"],
+     "error: give a periodic task cron= or every=, exactly one"),
+    (["periodic", "add", "p", "pgbg_test_tasks:add", "--every", "soon"],
+     "error: 'soon' is not a duration"),
+    (["periodic", "add", "p", "pgbg_test_tasks:add", "--cron", "0 3 * * *", "--timezone",
+      "Paris"], "error: unknown time zone 'Paris'"),
+    (["periodic", "add", "p", "pgbg_test_tasks:nope", "--every", "1h"],
+     "error: module 'pgbg_test_tasks' has no function 'nope'"),
+    (["periodic", "rm", "p"], "error: no periodic task named 'p'"),
 ]
 
 
@@ -168,6 +193,7 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stderr.startswith(message), done.stderr
     assert conn.execute("SELECT count(*) FROM pgbg.task").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM pgbg.periodic").fetchone() == (0,)
 
 
 @pytest.mark.parametrize("command", [["ls"], ["stats"], ["doctor"], ["top", "--once"]])
