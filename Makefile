@@ -9,8 +9,9 @@ $(BIN)/pytest:
 install: $(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check pgbg migrations tests
+	$(BIN)/ruff check pgbg migrations tests examples
 	$(BIN)/mypy
+	cd examples/shop && MYPYPATH=../.. ../../$(BIN)/mypy --strict shop migrations/env.py
 
 test: install
 	$(BIN)/pytest

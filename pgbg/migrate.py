@@ -29,7 +29,7 @@ def upgrade(url: str | None = None) -> None:
     """Bring the ``pgbg`` schema up to date (safe to run concurrently)."""
     from alembic import command
 
-    url = url or db.database_url()
+    url = db.libpq_url(url) if url else db.database_url()
     db.connect(url).close()  # an unreachable database is one clear DatabaseUnavailable
     command.upgrade(_config(url), "head")
 
