@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from conftest import Driver, count_tasks
 
 import pgbg
-from pgbg import notify
+from pgbg import notify, queries
 
 
 def test_enqueue_many_writes_every_task_with_one_notification(
@@ -95,3 +96,26 @@ def test_limit_check_uses_the_running_index(conn: psycopg.Connection[Any]) -> No
         "GROUP BY task_type"))
     assert "task_running_idx" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+def test_a_worker_step_never_scans_the_task_table(conn: psycopg.Connection[Any]) -> None:
+    """Recording pids and outcomes and claiming go by index, however many rows the table
+    keeps (counted by PostgreSQL itself for the step's own transaction)."""
+    conn.execute("""INSERT INTO pgbg.task (id, task_type, func, status, finished_at)
+                    SELECT gen_random_uuid(), 't', 'm:f', 'succeeded', now()
+                      FROM generate_series(1, 3000)""")
+    pgbg.enqueue_many(tasks.add, [[1, 2]] * 200, task_type="t")
+    conn.execute("ANALYZE pgbg.task")
+    worker_id = uuid.uuid4()
+    claimed, _ = queries.task_step(conn, worker_id, "h", 4, [], [])
+    with conn.transaction(force_rollback=True):
+        _, unwritten = queries.task_step(
+            conn, worker_id, "h", 2, [(t.id, t.attempt, 4242) for t in claimed[2:]],
+            [queries.Outcome(t.id, t.attempt, pgbg.TaskStatus.SUCCEEDED, result=3)
+             for t in claimed[:2]])
+        assert unwritten == []
+        row = conn.execute("SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables "
+                           "WHERE relid = 'pgbg.task'::regclass").fetchone()
+        assert row is not None
+        assert row[0] == 0, f"{row[0]} sequential scans of pgbg.task in one worker step"
+        assert row[1] > 0
