@@ -117,12 +117,13 @@ def _stop(worker: subprocess.Popen[bytes]) -> None:
         worker.wait(timeout=60)
 
 
-def _wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+def _wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+                interval: float = 0.01) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         if time.monotonic() > deadline:
             raise TimeoutError(f"bench: timed out waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(interval)
     return value
 
 
@@ -153,7 +154,8 @@ def process(scratch: Scratch, func: Callable[..., Any], args: list[Any], n: int,
     ids = [r.id for r in results]
     _wait_until(lambda: scratch.sql(
         "SELECT count(*) = %s FROM pgbg.task WHERE task_type = %s AND complete",
-        (n, task_type))[0][0], 600, f"{n} {task_type} tasks")
+        (n, task_type))[0][0], 600, f"{n} {task_type} tasks",
+        interval=0.25)  # a count over the whole run: not so often it competes for the CPU
     (span,) = scratch.sql(
         "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM pgbg.task "
         "WHERE id = ANY(%s)", (ids,))[0]
