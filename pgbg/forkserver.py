@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgbg import child
-from pgbg.models import BackgroundTask
 
 
 @dataclass
@@ -121,7 +120,7 @@ class Server:
         for line in lines:
             command = json.loads(line)
             if command["op"] == "run":
-                self.start(BackgroundTask.from_wire(command["task"]))
+                self.start(command["task"])
             elif command["op"] == "signal" and command["task_id"] in self.children:
                 _kill(self.children[command["task_id"]].pid, command["sig"])
 
@@ -159,8 +158,9 @@ class Server:
         self.selector.register(read_fd, selectors.EVENT_READ, ("pipe", self.spare))
         self.selector.register(out_r, selectors.EVENT_READ, ("out", self.spare))
 
-    def start(self, task: BackgroundTask) -> None:
-        module = task.func.partition(":")[0]
+    def start(self, task: dict[str, Any]) -> None:
+        """Hand ``task`` (a task row as JSON values, passed through as it came) to the spare."""
+        module = task["func"].partition(":")[0]
         if module not in self.preloaded:
             self.preloaded.add(module)
             with contextlib.suppress(Exception):  # the child reports the error properly
@@ -170,8 +170,8 @@ class Server:
         self.fork_spare()
         running, self.spare = self.spare, None
         assert running is not None
-        running.task_id = str(task.id)
-        data = json.dumps(task.to_wire()).encode()
+        running.task_id = task["id"]
+        data = json.dumps(task).encode()
         os.set_blocking(running.task_fd, True)
         while data:
             data = data[os.write(running.task_fd, data):]
