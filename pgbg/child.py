@@ -17,7 +17,6 @@ import traceback
 from typing import Any, NoReturn
 
 from pgbg import context
-from pgbg.models import BackgroundTask
 
 PR_SET_PDEATHSIG = 1
 PARENT_DIED = signal.SIGRTMIN + 3  # sent by the kernel when the forking process dies
@@ -25,6 +24,10 @@ try:  # loaded once before forking, so a child pays nothing for it
     libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
 except OSError:  # pragma: no cover - not Linux
     libc = None
+if libc is not None:  # typed up front: the child's call then converts nothing new
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                           ctypes.c_ulong]
+    libc.prctl.restype = ctypes.c_int
 
 
 def exception_names(cls: type) -> list[str]:
@@ -36,7 +39,7 @@ def exception_names(cls: type) -> list[str]:
 def resolve(func: str) -> Any:
     """Import ``module:qualname`` and return the function it names."""
     module_name, _, qualname = func.partition(":")
-    target: Any = importlib.import_module(module_name)
+    target: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
     for part in qualname.split("."):
         target = getattr(target, part)
     return target
@@ -54,8 +57,8 @@ def serve(task_fd: int, report_fd: int, parent_pid: int) -> NoReturn:
             data += chunk
         os.close(task_fd)
         if data:
-            task = BackgroundTask.from_wire(json.loads(data))
-            context.enter(task.__class__(**{**task.__dict__, "pid": os.getpid()}), report_fd)
+            task = json.loads(data)  # a BackgroundTask only if the task asks for it
+            context.enter(task, report_fd)
             message, code = _call(task)
             context.report(message)
         else:
@@ -72,8 +75,10 @@ def _kill_own_group(_signum: int, _frame: object) -> None:
 
 
 def _isolate(parent_pid: int) -> None:
+    """Only what a fork does not inherit: every page this touches is a page copied, in
+    every child (stdin is already /dev/null: the fork server's is)."""
     os.setpgid(0, 0)  # own process group: terminating the task kills all it started
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):  # the fork server's: ignored
         signal.signal(sig, signal.SIG_DFL)
     # When the process that forked it dies, the kernel signals the child, which kills its
     # whole group, grandchildren included: a task never outlives the worker that owns it.
@@ -82,16 +87,13 @@ def _isolate(parent_pid: int) -> None:
         libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DIED), 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before the death signal was armed
         os.killpg(0, signal.SIGKILL)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
 
 
-def _call(task: BackgroundTask) -> tuple[dict[str, Any], int]:
+def _call(task: dict[str, Any]) -> tuple[dict[str, Any], int]:
     outcome: dict[str, Any] = {"kind": "outcome"}
     try:
-        func = resolve(task.func)
-        result = func(*task.args, **task.kwargs)
+        func = resolve(task["func"])
+        result = func(*task["args"], **task["kwargs"])
     except SystemExit as exc:
         if exc.code is None or exc.code == 0:
             return {**outcome, "status": "succeeded"}, 0

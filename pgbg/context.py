@@ -16,14 +16,23 @@ from typing import Any
 
 from pgbg.models import BackgroundTask
 
-_current: BackgroundTask | None = None
+_wire: dict[str, Any] | None = None  # the task as the child received it (JSON values)
+_current: BackgroundTask | None = None  # ... made a BackgroundTask when first asked for
+_inside = False  # in a task that has not recorded its own failure
 _report_fd = -1
 
 
-def enter(task: BackgroundTask, report_fd: int) -> None:
+def enter(task: dict[str, Any], report_fd: int) -> None:
     """Called once by the child before it runs the task's function."""
-    global _current, _report_fd
-    _current, _report_fd = task, report_fd
+    global _wire, _inside, _report_fd
+    _wire, _inside, _report_fd = task, True, report_fd
+
+
+def _task() -> BackgroundTask | None:
+    global _current
+    if _current is None and _inside and _wire is not None:
+        _current = BackgroundTask.from_wire({**_wire, "pid": os.getpid()})
+    return _current if _inside else None
 
 
 def report(message: dict[str, Any]) -> None:
@@ -36,21 +45,22 @@ def report(message: dict[str, Any]) -> None:
 def get_current_task() -> BackgroundTask | None:
     """Inside a task: its row (with this process's pid); else None, and None again after
     ``record_task_error_exit``."""
-    return _current
+    return _task()
 
 
 def get_or_generate_task_uuid() -> str:
     """The current task's id inside a task, else a fresh uuid4 (as a string)."""
-    return str(_current.id) if _current else str(uuid.uuid4())
+    return str(_wire["id"]) if _inside and _wire else str(uuid.uuid4())
 
 
 def record_task_info(message: str) -> None:
     """Inside a task: record progress (``info`` on the row, and a line in ``task_log``)."""
     global _current
-    if _current is None:
+    task = _task()
+    if task is None:
         return
     report({"kind": "info", "message": str(message)})
-    _current = dataclasses.replace(_current, info=str(message))
+    _current = dataclasses.replace(task, info=str(message))
 
 
 def record_task_error_exit(message: str) -> None:
@@ -58,15 +68,15 @@ def record_task_error_exit(message: str) -> None:
 
     What the function does afterwards does not change that outcome.
     """
-    global _current
-    if _current is None:
+    global _inside
+    if not _inside:
         return
     report({"kind": "error_exit", "message": str(message)})
-    _current = None
+    _inside = False
 
 
 def record_task_related(kind: str, key: object) -> None:
     """Inside a task: link it to an application object, e.g. ``("study", 1234)``."""
-    if _current is None:
+    if not _inside:
         return
     report({"kind": "related", "link_kind": str(kind), "key": str(key)})

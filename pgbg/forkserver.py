@@ -274,6 +274,9 @@ def main() -> None:
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when tasks stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    devnull = os.open(os.devnull, os.O_RDONLY)  # every child's stdin, inherited
+    os.dup2(devnull, 0)
+    os.close(devnull)
     Server(cmd_fd, event_fd, output_limit).serve()
 
 
