@@ -157,13 +157,18 @@ def task_step(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str
     A task that already recorded its own failure (``record_task_error_exit``) keeps its
     status and message; only the exit code is added.
     """
+    # a pid whose task ended in the same step is written with the outcome: one row version
+    pid_of = {(i, a): p for i, a, p in pids}
+    ended = {(o.task_id, o.attempt) for o in outcomes}
     rows = conn.execute(
         "SELECT kind, task FROM pgbg.task_step(%s, %s, %s, %s, %s)",
         (worker_id, hostname, max_claim,
-         Jsonb([{"id": str(i), "attempt": a, "pid": p} for i, a, p in pids]),
+         Jsonb([{"id": str(i), "attempt": a, "pid": p} for i, a, p in pids
+                if (i, a) not in ended]),
          Jsonb([{"id": str(o.task_id), "attempt": o.attempt, "status": o.status.value,
                  "result": o.result, "error": o.error, "exit_code": o.exit_code,
-                 "signal": o.signal, "error_exit": o.error_exit_recorded} for o in outcomes])),
+                 "signal": o.signal, "error_exit": o.error_exit_recorded,
+                 "pid": pid_of.get((o.task_id, o.attempt))} for o in outcomes])),
     ).fetchall()
     claimed = [BackgroundTask.from_wire(task) for kind, task in rows if kind == "claimed"]
     unwritten = [uuid.UUID(task) for kind, task in rows if kind == "unwritten"]

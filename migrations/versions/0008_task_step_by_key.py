@@ -7,6 +7,9 @@ step that wrote a pid or an outcome: 1 ms on 3,000 rows, growing with every fini
 kept. A step writes a handful of rows, so a loop of single-row updates by ``id`` (always
 the primary key index) is both the cheaper plan and one that cannot go wrong.
 
+An outcome may carry the task's pid: a task that ends before its pid was written gets
+both in one row version instead of two.
+
 Revision ID: 0008
 Revises: 0007
 Create Date: 2026-11-29
@@ -40,7 +43,7 @@ BEGIN
 
     FOR o IN SELECT * FROM jsonb_to_recordset(p_outcomes)
                 AS x(id uuid, attempt integer, status text, result jsonb, error text,
-                     exit_code integer, signal integer, error_exit boolean)
+                     exit_code integer, signal integer, error_exit boolean, pid integer)
     LOOP
         -- fenced by (worker, attempt, state); a task that recorded its own failure keeps
         -- its status and message and only gains the exit code
@@ -51,7 +54,7 @@ BEGIN
                              THEN nullif(o.result, 'null'::jsonb) ELSE t.result END,
                error = CASE WHEN t.status = 'running' THEN o.error ELSE t.error END,
                finished_at = coalesce(t.finished_at, clock_timestamp()),
-               exit_code = o.exit_code, signal = o.signal
+               exit_code = o.exit_code, signal = o.signal, pid = coalesce(o.pid, t.pid)
          WHERE t.id = o.id AND t.worker_id = p_worker_id AND t.attempt = o.attempt
            AND (t.status = 'running'
                 OR (o.error_exit AND t.status = 'failed' AND t.exit_code IS NULL));
