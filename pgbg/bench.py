@@ -95,6 +95,12 @@ class Scratch:
         with db.connect(self.base) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
+    def clear(self, task_type: str) -> None:
+        """Delete a workload's tasks and vacuum, so the next workload starts on a clean
+        table rather than sharing the machine with autovacuum cleaning up after this one."""
+        self.sql("DELETE FROM pgbg.task WHERE task_type = %s", (task_type,))
+        self.sql("VACUUM ANALYZE pgbg.task")
+
     def sql(self, statement: str, params: Any = None) -> list[Any]:
         with db.connect(self.url) as conn:
             cur = conn.execute(statement, params)
@@ -135,7 +141,7 @@ def enqueue_single(scratch: Scratch, n: int) -> float:
     for _ in range(n):
         pgbg.enqueue(noop, task_type="bench-enqueue")
     rate = n / (time.perf_counter() - began)
-    scratch.sql("DELETE FROM pgbg.task WHERE task_type = 'bench-enqueue'")
+    scratch.clear("bench-enqueue")
     return rate
 
 
@@ -143,7 +149,7 @@ def enqueue_bulk(scratch: Scratch, n: int) -> float:
     began = time.perf_counter()
     pgbg.enqueue_many(noop, [()] * n, task_type="bench-enqueue")
     rate = n / (time.perf_counter() - began)
-    scratch.sql("DELETE FROM pgbg.task WHERE task_type = 'bench-enqueue'")
+    scratch.clear("bench-enqueue")
     return rate
 
 
@@ -275,7 +281,8 @@ def run(sizes: Sizes, progress: Callable[[str], None] = lambda step: None) -> Re
             progress("process-noop")
             noop_rate = process(scratch, noop, [], sizes.process_noop, "bench-noop")
             report.add("process-noop", noop_rate, "tasks/s",
-                       f"{noop_rate / ceiling:.0%} of the fork ceiling, "
+                       f"{noop_rate / heavy:.0%} of a worker-sized process's fork ceiling, "
+                       f"{noop_rate / ceiling:.0%} of the fork server's; "
                        f"concurrency {sizes.concurrency}")
             progress("process-sleep-10ms")
             sleep_rate = process(scratch, sleep_ms, [10], sizes.process_sleep, "bench-sleep")
