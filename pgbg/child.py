@@ -60,14 +60,19 @@ def serve(task_fd: int, report_fd: int, parent_pid: int) -> NoReturn:
             task = json.loads(data)  # a BackgroundTask only if the task asks for it
             context.enter(task, report_fd)
             message, code = _call(task)
-            context.report(message)
+            _flush()  # what it printed is in the output pipe before its outcome is reported
+            context.report({**message, "exit_code": code})
         else:
             code = 0
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
+        _flush()
         os._exit(code)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 def _kill_own_group(_signum: int, _frame: object) -> None:

@@ -39,6 +39,7 @@ class _Running:
     out: int = -1  # what the task (and anything it starts) writes to stdout and stderr
     out_kept: int = 0
     out_dropped: int = 0
+    out_noted: int = 0  # of the dropped bytes, how many a truncation note has reported
     partial: bytes = b""
 
 
@@ -202,8 +203,11 @@ class Server:
             lines = (running.partial + chunk).split(b"\n")
             running.partial = lines.pop()
             for line in lines:
-                self.emit({"ev": "message", "task_id": running.task_id,
-                           "message": json.loads(line)})
+                message = json.loads(line)
+                if message.get("kind") == "outcome" and running.out >= 0:
+                    self.read_output(running)  # what it printed, before how it ended
+                    self.note_truncation(running)
+                self.emit({"ev": "message", "task_id": running.task_id, "message": message})
 
     def read_output(self, running: _Running) -> None:
         """Forward what the task printed, as it comes, up to the limit; count the rest."""
@@ -222,6 +226,14 @@ class Server:
                 self.emit({"ev": "output", "task_id": running.task_id,
                            "text": kept.decode("utf-8", "replace")})
             running.out_dropped += len(chunk) - min(room, len(chunk))
+
+    def note_truncation(self, running: _Running) -> None:
+        """Say how much output was not kept, once per batch dropped since the last note."""
+        if running.out_dropped > running.out_noted and running.task_id:
+            self.emit({"ev": "output", "task_id": running.task_id, "truncated": True,
+                       "text": f"[output truncated: {running.out_dropped - running.out_noted} "
+                               f"more bytes not kept (limit {self.output_limit})]"})
+            running.out_noted = running.out_dropped
 
     def unwatch(self, fd: int) -> int:
         """Stop watching ``fd`` and close it; returns -1, the value for "closed"."""
@@ -242,10 +254,7 @@ class Server:
             self.read_output(running)  # what is left in the pipe; the group is dead now
         if running.out >= 0:
             running.out = self.unwatch(running.out)
-        if running.out_dropped and running.task_id:
-            self.emit({"ev": "output", "task_id": running.task_id, "truncated": True,
-                       "text": f"[output truncated: {running.out_dropped} more bytes not kept "
-                               f"(limit {self.output_limit})]"})
+        self.note_truncation(running)
         running.pidfd = self.unwatch(running.pidfd)
         if running is self.spare:  # died waiting, or told to exit: fork another if open
             if running.task_fd >= 0:

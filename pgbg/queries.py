@@ -305,6 +305,20 @@ def task_release_unstarted(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
     return [row[0] for row in rows]
 
 
+def task_release(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
+                 task: BackgroundTask) -> None:
+    """Give back a task this worker claimed but never started: queued again, the attempt
+    undone, the workers woken."""
+    conn.execute(
+        """WITH released AS (
+               UPDATE pgbg.task SET status = 'queued', attempt = attempt - 1, worker_id = NULL,
+                      hostname = NULL, started_at = NULL
+                WHERE id = %s AND worker_id = %s AND attempt = %s AND status = 'running'
+            RETURNING id)
+           SELECT pg_notify(%s, '') FROM released""",
+        (task.id, worker_id, task.attempt, notify.QUEUED))
+
+
 WORKER_LOST = "worker lost: its lease lapsed while the task ran"
 
 

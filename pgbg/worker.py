@@ -55,6 +55,7 @@ class _Child:
     kill_at: float | None = None  # when SIGTERM escalates to SIGKILL
     error_exit: bool = False  # the task recorded its own failure
     report: dict[str, Any] | None = None  # the child's own account of how it ended
+    written: bool = False  # its outcome is written (from the report, before it exited)
 
 
 class Worker:
@@ -110,7 +111,10 @@ class Worker:
         self._commands = -1  # to the fork server
         self._events = -1  # from the fork server
         self._events_partial = b""
-        self._children: dict[str, _Child] = {}
+        self._children: dict[str, _Child] = {}  # sent to the fork server, until reaped
+        # Claimed as a running child reported its outcome, started once that child has
+        # exited: the claim's round trip overlaps the child's exit instead of following it.
+        self._ready: list[_Child] = []
         self._writes: list[tuple[str, Any]] = []  # in order; outcomes and pids batch up
         self._pids_due = 0.0
         self._want_claim = True
@@ -150,7 +154,7 @@ class Worker:
         self.start()
         announced = False
         try:
-            while not (self._stopping and not self._children):
+            while not (self._stopping and not self._children and not self._ready):
                 self.run_once(timeout=None)
                 if self._stopping and not announced:
                     announced = True
@@ -179,9 +183,11 @@ class Worker:
         now = time.monotonic()
         if self._hard_stop_at is not None and now >= self._hard_stop_at:
             self._kill_all("the worker stopped before the task finished")
+        if self._stopping and self._ready:  # another worker may start them now
+            self._drop_ready("the worker is stopping")
         self._escalate_kills(now)
         self._enforce_time_limits(now)
-        if self._children and now >= self._next_cancel_check:
+        if (self._children or self._ready) and now >= self._next_cancel_check:
             self._check_cancel_requests()
         if not self._stopping and now >= self._next_periodic:
             self._enqueue_periodic()
@@ -215,7 +221,9 @@ class Worker:
     # -- claiming ------------------------------------------------------------------
 
     def _free_slots(self) -> int:
-        return self.concurrency - len(self._children)
+        """Slots to claim for: a child that reported its outcome is as good as gone."""
+        busy = sum(1 for c in self._children.values() if c.report is None)
+        return self.concurrency - busy - len(self._ready)
 
     def _wait_time(self, timeout: float | None) -> float:
         now = time.monotonic()
@@ -326,12 +334,27 @@ class Worker:
                     error=f"not allowed: {task.func} is outside this worker's allowed "
                           f"modules ({', '.join(self.allow or ())})")))
                 continue
-            running = _Child(task)
+            self._ready.append(_Child(task))
+        self._send_ready()
+
+    def _send_ready(self) -> None:
+        """Start claimed tasks while fewer than ``concurrency`` children are alive."""
+        while self._ready and len(self._children) < self.concurrency:
+            running = self._ready.pop(0)
+            task = running.task
             limit = task.timeout or self.task_timeout
             if limit:
                 running.deadline = time.monotonic() + limit
             self._children[str(task.id)] = running
             self._send({"op": "run", "task": task.to_wire()})
+
+    def _drop_ready(self, reason: str) -> None:
+        """Give claimed tasks that never started back to the queue (the attempt is undone)."""
+        for running in self._ready:
+            self._writes.append(("release", running.task))
+            logger.info("released a task that had not started", extra={
+                "task_id": str(running.task.id), "status": reason})
+        self._ready.clear()
 
     # -- the fork server -----------------------------------------------------------
 
@@ -403,18 +426,31 @@ class Worker:
                     self._writes.append(("output", (running.task, [event["text"]])))
             elif event["ev"] == "exited":
                 del self._children[event["task_id"]]
-                outcome = _outcome(running, event["status"])
+                self._send_ready()  # its slot is free: the next task, claimed already
+                self._want_claim = True
+                if running.written:
+                    continue
+                code = os.waitstatus_to_exitcode(event["status"])  # negative: a signal
+                outcome = _outcome(running, code if code >= 0 else None,
+                                   -code if code < 0 else None)
                 delay = self._retry_delay(running, outcome)
                 if delay is None:
                     self._writes.append(("outcome", outcome))
                 else:
                     self._writes.append(("retry", (running.task, outcome.error or "", delay)))
-                self._want_claim = True
 
     def _on_child_message(self, running: _Child, message: dict[str, Any]) -> None:
         kind = message.get("kind")
         if kind == "outcome":
+            # The function has returned: write how it ended now, and claim for its slot,
+            # while the process exits (a retry waits for the exit, to run on a free slot).
             running.report = message
+            self._want_claim = True
+            if running.killed_by_worker is None:
+                outcome = _outcome(running, message.get("exit_code"), None)
+                if self._retry_delay(running, outcome) is None:
+                    self._writes.append(("outcome", outcome))
+                    running.written = True
         elif kind == "error_exit":
             running.error_exit = True
             self._writes.append(("error_exit", (running.task, message["message"])))
@@ -443,8 +479,9 @@ class Worker:
         logger.error("the fork server died; restarting it", extra={"worker_id": str(self.id)})
         for running in self._children.values():
             task = running.task
-            self._writes.append(("outcome", Outcome(task.id, task.attempt, TaskStatus.FAILED,
-                                                    error=FORKSERVER_LOST)))
+            if not running.written:
+                self._writes.append(("outcome", Outcome(
+                    task.id, task.attempt, TaskStatus.FAILED, error=FORKSERVER_LOST)))
         self._children.clear()
         os.close(self._commands)
         self._selector.unregister(self._events)
@@ -452,6 +489,7 @@ class Worker:
         if self._forkserver is not None:
             self._forkserver.wait()
         self._start_forkserver()
+        self._send_ready()
 
     # -- killing -------------------------------------------------------------------
 
@@ -461,6 +499,7 @@ class Worker:
         self._send({"op": "signal", "task_id": str(running.task.id), "sig": int(sig)})
 
     def _kill_all(self, reason: str) -> None:
+        self._drop_ready(reason)
         for running in self._children.values():
             if running.kill_at is None or running.killed_by_worker is None:
                 running.killed_by_worker = running.killed_by_worker or reason
@@ -495,7 +534,7 @@ class Worker:
     def _check_cancel_requests(self) -> None:
         """Terminate the children whose rows ask for it: the row, not a NOTIFY, decides."""
         self._next_cancel_check = time.monotonic() + self.poll_interval
-        by_task = {c.task.id: c for c in self._children.values()}
+        by_task = {c.task.id: c for c in [*self._children.values(), *self._ready]}
         if not by_task:
             return
         try:
@@ -505,7 +544,14 @@ class Worker:
             self._reconnect()
             return
         for task_id, requested_by in requested:
-            self._terminate(by_task[task_id], f"terminated by {requested_by or 'request'}")
+            running = by_task[task_id]
+            if running in self._ready:  # claimed, not started: nothing to kill
+                self._ready.remove(running)
+                self._writes.append(("outcome", Outcome(
+                    task_id, running.task.attempt, TaskStatus.TERMINATED,
+                    error=f"terminated by {requested_by or 'request'} before it started")))
+            else:
+                self._terminate(running, f"terminated by {requested_by or 'request'}")
 
     # -- the database ----------------------------------------------------------------
 
@@ -520,7 +566,9 @@ class Worker:
             self._want_claim = True
         if any(n.channel == notify.PERIODIC for n in notes):
             self._next_periodic = 0.0
-        if any(n.channel == notify.CANCEL and n.payload in self._children for n in notes):
+        waiting = {str(c.task.id) for c in self._ready}
+        if any(n.channel == notify.CANCEL and (n.payload in self._children or n.payload in waiting)
+               for n in notes):
             self._check_cancel_requests()
 
     def _drain_wake_pipe(self) -> None:
@@ -553,7 +601,8 @@ class Worker:
             del self._writes[0]
 
     def _write(self, kind: str, item: Any) -> None:
-        """One progress record of a task: info, its own failure, or a link."""
+        """One record of a task: info, its own failure, a link, output, a retry, or its
+        release back to the queue."""
         assert self._conn is not None
         if kind == "info":
             queries.task_record_info(self._conn, *item)
@@ -563,6 +612,8 @@ class Worker:
             queries.task_link_insert(self._conn, *item)
         elif kind == "retry":
             queries.task_retry_later(self._conn, self.id, *item)
+        elif kind == "release":
+            queries.task_release(self._conn, self.id, item)
         elif kind == "output":
             task, texts = item
             queries.task_log_insert(self._conn, task.id, "output", "".join(texts))
@@ -577,10 +628,15 @@ class Worker:
                                             self.concurrency):
                 logger.warning("this worker had been presumed dead; registered again",
                                extra={"worker_id": str(self.id)})
-            if self._children:
-                attempts = [(c.task.id, c.task.attempt) for c in self._children.values()]
+            if self._ready:
+                attempts = [(c.task.id, c.task.attempt) for c in self._ready]
                 owned = queries.task_list_owned(conn, self.id, attempts)
-                for running in self._children.values():
+                self._ready = [c for c in self._ready if c.task.id in owned]
+            live = [c for c in self._children.values() if not c.written]
+            if live:
+                owned = queries.task_list_owned(conn, self.id,
+                                                [(c.task.id, c.task.attempt) for c in live])
+                for running in live:
                     if running.task.id not in owned and running.killed_by_worker is None:
                         # Recovered elsewhere after our lease lapsed: it must not run twice.
                         running.killed_by_worker = "the task is no longer this worker's"
@@ -629,7 +685,7 @@ class Worker:
         self._next_heartbeat = self._next_cancel_check = 0.0
         try:
             assert self._conn is not None
-            started = [c.task.id for c in self._children.values()]
+            started = [c.task.id for c in [*self._children.values(), *self._ready]]
             for task_id in queries.task_release_unstarted(self._conn, self.id, started):
                 logger.warning("re-queued a task claimed as the connection dropped",
                                extra={"task_id": str(task_id)})
@@ -650,11 +706,9 @@ class Worker:
         self._enforce_time_limits(now)
 
 
-def _outcome(running: _Child, wait_status: int) -> Outcome:
+def _outcome(running: _Child, code: int | None, sig: int | None) -> Outcome:
+    """How the task ended: from its exit code or signal, and its own report if it made one."""
     task = running.task
-    exit_code = os.waitstatus_to_exitcode(wait_status)
-    sig = -exit_code if exit_code < 0 else None
-    code = exit_code if exit_code >= 0 else None
     if running.killed_by_worker is not None:
         return Outcome(task.id, task.attempt, running.kill_status,
                        error=running.killed_by_worker, exit_code=code, signal=sig)

@@ -1,0 +1,79 @@
+"""A task claimed for a slot whose child is still exiting waits, unstarted, in the worker:
+it starts when the slot frees, goes back to the queue if the worker stops first, and is
+terminated without a process if someone asks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pgbg_test_tasks as tasks
+import psycopg
+from conftest import Driver
+
+import pgbg
+from pgbg import queries
+
+
+def claim_into_ready(driver: Driver, conn: psycopg.Connection[Any]) -> pgbg.BackgroundTask:
+    """Claim the next queued task for this worker while its one slot is busy, as the worker
+    does when the running child has reported its outcome but not yet exited."""
+    worker = driver.worker
+    [task], _ = queries.task_step(conn, worker.id, worker.hostname, 1, [], [])
+    worker._start([task])
+    assert [c.task.id for c in worker._ready] == [task.id]  # waiting for the slot
+    return task
+
+
+def busy_worker(make_worker: Callable[..., Driver], tmp_path: Path) -> tuple[Driver, Path,
+                                                                              pgbg.Result]:
+    release = tmp_path / "release"
+    blocking = pgbg.run_in_background(tasks.block_until, "t", str(release))
+    driver = make_worker(1)
+    driver.until(lambda: pgbg.get_task(blocking).pid is not None)
+    return driver, release, blocking
+
+
+def test_it_starts_when_the_slot_frees(make_worker: Callable[..., Driver], tmp_path: Path,
+                                       conn: psycopg.Connection[Any]) -> None:
+    driver, release, blocking = busy_worker(make_worker, tmp_path)
+    waiting = pgbg.run_in_background(tasks.add, "t", 1, 2)
+    claim_into_ready(driver, conn)
+    for _ in range(5):
+        driver.worker.run_once(timeout=0.01)
+    assert driver.worker.running == 1  # never more children than slots
+    release.touch()
+    driver.until_done(blocking, waiting)
+    assert pgbg.get_task(waiting).result == 3
+    assert pgbg.get_task(waiting).attempt == 1
+
+
+def test_a_stopping_worker_gives_it_back_to_the_queue(
+        make_worker: Callable[..., Driver], tmp_path: Path,
+        conn: psycopg.Connection[Any]) -> None:
+    driver, release, blocking = busy_worker(make_worker, tmp_path)
+    waiting = pgbg.run_in_background(tasks.add, "t", 1, 2)
+    claim_into_ready(driver, conn)
+    driver.worker.stop()
+    driver.until(lambda: pgbg.get_task(waiting).status is pgbg.TaskStatus.QUEUED)
+    task = pgbg.get_task(waiting)
+    assert (task.attempt, task.worker_id, task.started_at) == (0, None, None)  # never ran
+    release.touch()
+    driver.until_done(blocking)
+
+
+def test_terminating_it_needs_no_process(make_worker: Callable[..., Driver], tmp_path: Path,
+                                         conn: psycopg.Connection[Any]) -> None:
+    driver, release, blocking = busy_worker(make_worker, tmp_path)
+    waiting = pgbg.run_in_background(tasks.add, "t", 1, 2)
+    claim_into_ready(driver, conn)
+    pgbg.terminate_background(waiting, wait=False)
+    driver.until_done(waiting)
+    task = pgbg.get_task(waiting)
+    assert task.status is pgbg.TaskStatus.TERMINATED
+    assert task.error is not None and "before it started" in task.error
+    assert task.pid is None
+    release.touch()
+    driver.until_done(blocking)
+    assert pgbg.get_task(blocking).status is pgbg.TaskStatus.SUCCEEDED
