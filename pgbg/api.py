@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
@@ -180,20 +180,13 @@ def enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Sequence[An
                             f"{len(args_list)}")
     common = {**_options(func, task_type, priority, num_proc, num_of_task_type, max_attempts,
                          timeout), **_retry(None, None)}
-    ids = [uuid.uuid4() for _ in args_list]
-    args_json, kwargs_json = [], []
-    for index, args in enumerate(args_list):
-        try:
-            args_json.append(_json_args(args))
-            kwargs_json.append(_json_kwargs(kwargs_list[index] if kwargs_list else None))
-        except (NotSerializable, InvalidOption) as exc:
-            raise type(exc)(f"call {index}: {exc}") from exc
-    batches = [
-        {**common, "ids": [str(i) for i in ids[start:start + BULK_BATCH]],
-         "args": args_json[start:start + BULK_BATCH],
-         "kwargs": kwargs_json[start:start + BULK_BATCH]}
-        for start in range(0, len(ids), BULK_BATCH)
-    ]
+    random = os.urandom(16 * len(args_list))  # one system call, not one per id
+    ids = [uuid.UUID(bytes=random[i:i + 16], version=4) for i in range(0, len(random), 16)]
+    calls = [[str(task_uuid), *_call_values(index, args_list[index],
+                                             kwargs_list[index] if kwargs_list else None)]
+             for index, task_uuid in enumerate(ids)]
+    batches = [{**common, "calls": _json_calls(calls[start:start + BULK_BATCH], start)}
+               for start in range(0, len(ids), BULK_BATCH)]
     if connection is None:
         with db.shared_connection() as conn, conn.transaction():
             for batch in batches:
@@ -206,6 +199,36 @@ def enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Sequence[An
 
 
 BULK_BATCH = 5000
+
+
+def _call_values(index: int, args: object, kwargs: object) -> list[Any]:
+    """One call's arguments as JSON values, checked for shape (the JSON test comes with
+    the whole batch's)."""
+    if type(args) not in (list, tuple) and (  # the common case first: ABC checks are slow
+            isinstance(args, (str, bytes)) or not isinstance(args, Sequence)):
+        raise InvalidOption(f"call {index}: args must be a list or tuple, "
+                            f"not {type(args).__name__}")
+    if kwargs is not None:
+        if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
+            raise InvalidOption(f"call {index}: kwargs must be a dict, "
+                                f"not {type(kwargs).__name__}")
+        if not all(isinstance(key, str) for key in kwargs):
+            raise InvalidOption(f"call {index}: keyword argument names must be strings")
+    return [list(cast(Sequence[Any], args)), dict(cast(Mapping[str, Any], kwargs or {}))]
+
+
+def _json_calls(calls: list[list[Any]], first: int) -> str:
+    """A batch of ``[id, args, kwargs]`` as one JSON text; on failure, name the call."""
+    try:
+        return json.dumps(calls, allow_nan=False)
+    except (TypeError, ValueError):
+        for offset, (_id, args, kwargs) in enumerate(calls):
+            try:
+                _json_args(args)
+                _json_kwargs(kwargs)
+            except NotSerializable as exc:
+                raise NotSerializable(f"call {first + offset}: {exc}") from exc
+        raise
 
 
 def _options(func: Callable[..., Any] | str, task_type: str, priority: int, num_proc: int,

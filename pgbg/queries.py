@@ -78,10 +78,10 @@ TASK_INSERT_MANY = """
 WITH inserted AS (
     INSERT INTO pgbg.task (id, task_type, func, args, kwargs, priority, num_proc,
                            num_of_task_type, max_attempts, timeout, retry_on, retry_backoff)
-    SELECT id, %(task_type)s, %(func)s, args::jsonb, kwargs::jsonb, %(priority)s,
+    SELECT (c ->> 0)::uuid, %(task_type)s, %(func)s, c -> 1, c -> 2, %(priority)s,
            %(num_proc)s, %(num_of_task_type)s::jsonb, %(max_attempts)s, %(timeout)s,
            %(retry_on)s::text[], %(retry_backoff)s
-      FROM unnest(%(ids)s::uuid[], %(args)s::text[], %(kwargs)s::text[]) AS t(id, args, kwargs)
+      FROM jsonb_array_elements(%(calls)s::jsonb) AS c  -- [[id, args, kwargs], ...]
     RETURNING 1
 )
 SELECT pg_notify('""" + notify.QUEUED + """', '') WHERE EXISTS (SELECT 1 FROM inserted)

@@ -49,6 +49,12 @@ def test_enqueue_many_refuses_everything_for_one_bad_call(
         pgbg.enqueue_many(tasks.echo, [[1], [2]], [{}], task_type="bulk")
     with pytest.raises(pgbg.InvalidTaskFunction):
         pgbg.enqueue_many(lambda: 1, [()], task_type="bulk")
+    with pytest.raises(pgbg.NotSerializable, match=r"call 6000: positional argument 1"):
+        pgbg.enqueue_many(tasks.add, [(1, 1)] * 6000 + [(1, float("nan"))], task_type="bulk")
+    with pytest.raises(pgbg.InvalidOption, match=r"call 1: args must be a list or tuple"):
+        pgbg.enqueue_many(tasks.add, [(1, 1), "ab"], task_type="bulk")
+    with pytest.raises(pgbg.InvalidOption, match=r"call 0: kwargs must be a dict"):
+        pgbg.enqueue_many(tasks.echo, [()], [[1]], task_type="bulk")  # type: ignore[list-item]
     assert count_tasks(conn) == 0
 
 
