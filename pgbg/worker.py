@@ -451,6 +451,7 @@ class Worker:
                 if self._retry_delay(running, outcome) is None:
                     self._writes.append(("outcome", outcome))
                     running.written = True
+                    running.deadline = None  # it has finished: no time limit to enforce
         elif kind == "error_exit":
             running.error_exit = True
             self._writes.append(("error_exit", (running.task, message["message"])))
