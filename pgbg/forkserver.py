@@ -11,7 +11,7 @@ Protocol: JSON lines. Commands on ``cmd_fd`` from the worker:
 Events on ``event_fd`` to the worker: ``{"ev": "ready"}``,
 ``{"ev": "started", "task_id", "pid"}``, ``{"ev": "message", "task_id", "message"}``,
 ``{"ev": "exited", "task_id", "status"}`` (the wait status). End of file on ``cmd_fd``
-(the worker is gone) kills every task and ends the server.
+(the worker is gone) kills every task and ends the server. ``Client`` is the worker's end.
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ import selectors
 import signal
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgbg import child
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 @dataclass
@@ -267,6 +270,65 @@ class Server:
             self.emit({"ev": "exited", "task_id": running.task_id, "status": status})
 
 
+
+
+class Client:
+    """The worker's end: starts the fork server, sends it commands, reads its events."""
+
+    def __init__(self, output_limit: int, database_url: str) -> None:
+        import subprocess  # here, not at the top: the fork server itself never needs it
+
+        cmd_r, cmd_w = os.pipe2(os.O_CLOEXEC)
+        event_r, event_w = os.pipe2(os.O_CLOEXEC)
+        # It imports task modules as the worker would.
+        path = os.pathsep.join(p for p in sys.path if p)
+        env = {**os.environ, "PYTHONPATH": path, "PGBG_DATABASE_URL": database_url}
+        self.process: subprocess.Popen[bytes] = subprocess.Popen(
+            [sys.executable, "-m", "pgbg.forkserver", str(cmd_r), str(event_w), str(os.getpid()),
+             str(output_limit)],
+            pass_fds=(cmd_r, event_w), env=env, stdin=subprocess.DEVNULL)
+        os.close(cmd_r)
+        os.close(event_w)
+        self.commands, self.events, self._partial = cmd_w, event_r, b""
+        os.set_blocking(event_r, False)
+
+    def run(self, task: dict[str, Any]) -> None:
+        self._send({"op": "run", "task": task})
+
+    def signal(self, task_id: str, sig: int) -> None:
+        self._send({"op": "signal", "task_id": task_id, "sig": sig})
+
+    def _send(self, command: dict[str, Any]) -> None:
+        data = memoryview(json.dumps(command).encode() + b"\n")
+        while data:
+            data = data[os.write(self.commands, data):]
+
+    def read(self) -> list[dict[str, Any]] | None:
+        """The events that have arrived, without blocking; None once it is gone."""
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self.events, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                return None
+            chunks.append(chunk)
+        lines = (self._partial + b"".join(chunks)).split(b"\n")
+        self._partial = lines.pop()
+        return [json.loads(line) for line in lines]
+
+    def close(self) -> None:
+        """End of file on its commands: it kills what still runs, then exits."""
+        import subprocess
+
+        os.close(self.commands)
+        os.close(self.events)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def _kill(pid: int, sig: int) -> None:

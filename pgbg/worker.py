@@ -13,15 +13,12 @@ away.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
 import selectors
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -31,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from pgbg import db, notify, periodic, queries
+from pgbg import db, forkserver, notify, periodic, queries
 from pgbg.exceptions import DatabaseUnavailable, InvalidOption
 from pgbg.models import TERMINAL_STATUSES, BackgroundTask, TaskStatus
 from pgbg.queries import Outcome
@@ -107,10 +104,7 @@ class Worker:
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
-        self._forkserver: subprocess.Popen[bytes] | None = None
-        self._commands = -1  # to the fork server
-        self._events = -1  # from the fork server
-        self._events_partial = b""
+        self._forkserver: forkserver.Client | None = None
         self._children: dict[str, _Child] = {}  # sent to the fork server, until reaped
         # Claimed as a running child reported its outcome, started once that child has
         # exited: the claim's round trip overlaps the child's exit instead of following it.
@@ -134,7 +128,7 @@ class Worker:
 
     @property
     def forkserver_pid(self) -> int | None:
-        return self._forkserver.pid if self._forkserver else None
+        return self._forkserver.process.pid if self._forkserver else None
 
     def stop(self, *, force: bool = False) -> None:
         """Stop claiming; let running tasks finish (``force``, or a second call: kill them).
@@ -346,7 +340,8 @@ class Worker:
             if limit:
                 running.deadline = time.monotonic() + limit
             self._children[str(task.id)] = running
-            self._send({"op": "run", "task": task.to_wire()})
+            assert self._forkserver is not None
+            self._forkserver.run(task.to_wire())
 
     def _drop_ready(self, reason: str) -> None:
         """Give claimed tasks that never started back to the queue (the attempt is undone)."""
@@ -359,54 +354,22 @@ class Worker:
     # -- the fork server -----------------------------------------------------------
 
     def _start_forkserver(self) -> None:
-        cmd_r, cmd_w = os.pipe2(os.O_CLOEXEC)
-        event_r, event_w = os.pipe2(os.O_CLOEXEC)
-        # The fork server imports task modules as this process would.
-        path = os.pathsep.join(p for p in sys.path if p)
-        env = {**os.environ, "PYTHONPATH": path, "PGBG_DATABASE_URL": db.database_url()}
-        self._forkserver = subprocess.Popen(
-            [sys.executable, "-m", "pgbg.forkserver", str(cmd_r), str(event_w), str(os.getpid()),
-             str(self.output_limit)],
-            pass_fds=(cmd_r, event_w), env=env, stdin=subprocess.DEVNULL)
-        os.close(cmd_r)
-        os.close(event_w)
-        self._commands, self._events, self._events_partial = cmd_w, event_r, b""
-        os.set_blocking(event_r, False)
-        self._selector.register(event_r, selectors.EVENT_READ, "events")
+        self._forkserver = forkserver.Client(self.output_limit, db.database_url())
+        self._selector.register(self._forkserver.events, selectors.EVENT_READ, "events")
 
     def _stop_forkserver(self) -> None:
-        if self._forkserver is None:
-            return
-        os.close(self._commands)  # end of file: it kills what still runs, then exits
-        self._selector.unregister(self._events)
-        os.close(self._events)
-        try:
-            self._forkserver.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._forkserver.kill()
-            self._forkserver.wait()
-        self._forkserver = None
-
-    def _send(self, command: dict[str, Any]) -> None:
-        data = memoryview(json.dumps(command).encode() + b"\n")
-        while data:
-            data = data[os.write(self._commands, data):]
+        if self._forkserver is not None:
+            self._selector.unregister(self._forkserver.events)
+            self._forkserver.close()
+            self._forkserver = None
 
     def _on_forkserver_events(self) -> None:
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(self._events, 65536)
-            except BlockingIOError:
-                break
-            if not chunk:
-                self._forkserver_lost()
-                return
-            chunks.append(chunk)
-        lines = (self._events_partial + b"".join(chunks)).split(b"\n")
-        self._events_partial = lines.pop()
-        for line in lines:
-            event = json.loads(line)
+        assert self._forkserver is not None
+        events = self._forkserver.read()
+        if events is None:
+            self._forkserver_lost()
+            return
+        for event in events:
             running = self._children.get(event["task_id"]) if "task_id" in event else None
             if running is None:
                 continue
@@ -484,11 +447,7 @@ class Worker:
                 self._writes.append(("outcome", Outcome(
                     task.id, task.attempt, TaskStatus.FAILED, error=FORKSERVER_LOST)))
         self._children.clear()
-        os.close(self._commands)
-        self._selector.unregister(self._events)
-        os.close(self._events)
-        if self._forkserver is not None:
-            self._forkserver.wait()
+        self._stop_forkserver()  # dead already: this only closes its pipes and reaps it
         self._start_forkserver()
         self._send_ready()
 
@@ -497,7 +456,8 @@ class Worker:
     def _signal(self, running: _Child, sig: signal.Signals) -> None:
         """Signal the task's process group, through the process that forked (and so
         alone reaps) it: a pid it has not reaped cannot have been reused."""
-        self._send({"op": "signal", "task_id": str(running.task.id), "sig": int(sig)})
+        assert self._forkserver is not None
+        self._forkserver.signal(str(running.task.id), int(sig))
 
     def _kill_all(self, reason: str) -> None:
         self._drop_ready(reason)

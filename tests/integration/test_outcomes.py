@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pgbg_test_tasks as tasks
@@ -13,6 +15,7 @@ from conftest import Driver
 
 import pgbg
 from pgbg import queries
+from pgbg.worker import FORKSERVER_LOST
 
 
 def _run(make_worker: Callable[..., Driver], func: Any, *args: Any) -> pgbg.BackgroundTask:
@@ -130,8 +133,6 @@ def test_record_info_and_related(make_worker: Callable[..., Driver],
 
 
 def test_every_child_is_reaped(make_worker: Callable[..., Driver]) -> None:
-    from pathlib import Path
-
     driver = make_worker(3)
     results = [pgbg.run_in_background(tasks.add, "t", i, i) for i in range(12)]
     driver.until_done(*results)
@@ -147,3 +148,20 @@ def test_every_child_is_reaped(make_worker: Callable[..., Driver]) -> None:
     for pid in left:
         assert Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     assert [r.get(timeout=5) for r in results] == [2 * i for i in range(12)]
+
+
+def test_a_dead_fork_server_fails_its_tasks_and_is_replaced(
+        make_worker: Callable[..., Driver], tmp_path: Path) -> None:
+    driver = make_worker(1)
+    blocked = pgbg.run_in_background(tasks.block_until, "t", str(tmp_path / "never"))
+    driver.until(lambda: pgbg.get_task(blocked).pid is not None)
+    server = driver.worker.forkserver_pid
+    assert server is not None
+    os.kill(server, signal.SIGKILL)  # its child dies with it (parent-death signal)
+    driver.until_done(blocked)
+    task = pgbg.get_task(blocked)
+    assert (task.status, task.error) == (pgbg.TaskStatus.FAILED, FORKSERVER_LOST)
+    assert driver.worker.forkserver_pid not in (None, server)  # a new one
+    after = pgbg.run_in_background(tasks.add, "t", 2, 3)
+    driver.until_done(after)
+    assert pgbg.get_task(after).result == 5
