@@ -293,30 +293,22 @@ def task_list_owned(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
 
 def task_release_unstarted(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
                            started: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-    """Re-queue tasks claimed for this worker that it never started (the claim committed
-    but its reply was lost with the connection). The attempt never ran, so it is undone."""
+    """Re-queue the tasks claimed for this worker that it has not started (a claim whose
+    reply was lost with the connection; claimed ahead when the worker stops) and wake the
+    workers. The attempt never ran, so it is undone."""
     rows = conn.execute(
-        """UPDATE pgbg.task SET status = 'queued', attempt = attempt - 1, worker_id = NULL,
-                  hostname = NULL, started_at = NULL
-            WHERE worker_id = %s AND status = 'running' AND id <> ALL(%s::uuid[])
-        RETURNING id""",
-        (worker_id, list(started)),
-    ).fetchall()
-    return [row[0] for row in rows]
-
-
-def task_release(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
-                 task: BackgroundTask) -> None:
-    """Give back a task this worker claimed but never started: queued again, the attempt
-    undone, the workers woken."""
-    conn.execute(
         """WITH released AS (
                UPDATE pgbg.task SET status = 'queued', attempt = attempt - 1, worker_id = NULL,
                       hostname = NULL, started_at = NULL
-                WHERE id = %s AND worker_id = %s AND attempt = %s AND status = 'running'
-            RETURNING id)
-           SELECT pg_notify(%s, '') FROM released""",
-        (task.id, worker_id, task.attempt, notify.QUEUED))
+                WHERE worker_id = %s AND status = 'running' AND id <> ALL(%s::uuid[])
+            RETURNING id
+           ), notified AS (
+               SELECT pg_notify(%s, '') WHERE EXISTS (SELECT 1 FROM released)
+           )
+           SELECT id FROM released, (SELECT count(*) FROM notified) n""",
+        (worker_id, list(started), notify.QUEUED),
+    ).fetchall()
+    return [row[0] for row in rows]
 
 
 WORKER_LOST = "worker lost: its lease lapsed while the task ran"

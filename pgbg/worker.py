@@ -224,7 +224,7 @@ class Worker:
         deadlines = [self._next_heartbeat]
         for c in self._children.values():
             deadlines += [t for t in (c.kill_at, c.deadline) if t is not None]
-        if self._children:
+        if self._children or self._ready:
             deadlines.append(self._next_cancel_check)
         if self._stopping:
             if self._hard_stop_at is not None:
@@ -279,9 +279,9 @@ class Worker:
         if claim:
             self._next_poll = time.monotonic() + self.poll_interval
             self._want_claim = len(tasks) == free  # a full batch: more may be waiting
+            self._start(tasks)  # before any further round trip
             if not self._want_claim:
                 self._wake_for_scheduled()
-            self._start(tasks)
 
     def _wake_for_scheduled(self) -> None:
         """Idle slots: claim again when the next scheduled task falls due, not later."""
@@ -345,11 +345,13 @@ class Worker:
 
     def _drop_ready(self, reason: str) -> None:
         """Give claimed tasks that never started back to the queue (the attempt is undone)."""
+        if not self._ready:
+            return
         for running in self._ready:
-            self._writes.append(("release", running.task))
-            logger.info("released a task that had not started", extra={
+            logger.info("releasing a task that had not started", extra={
                 "task_id": str(running.task.id), "status": reason})
         self._ready.clear()
+        self._writes.append(("release", None))
 
     # -- the fork server -----------------------------------------------------------
 
@@ -573,8 +575,9 @@ class Worker:
             queries.task_link_insert(self._conn, *item)
         elif kind == "retry":
             queries.task_retry_later(self._conn, self.id, *item)
-        elif kind == "release":
-            queries.task_release(self._conn, self.id, item)
+        elif kind == "release":  # every claim of ours that is not a child by now
+            queries.task_release_unstarted(
+                self._conn, self.id, [c.task.id for c in self._children.values()])
         elif kind == "output":
             task, texts = item
             queries.task_log_insert(self._conn, task.id, "output", "".join(texts))
