@@ -202,19 +202,11 @@ BULK_BATCH = 5000
 
 
 def _call_values(index: int, args: object, kwargs: object) -> list[Any]:
-    """One call's arguments as JSON values, checked for shape (the JSON test comes with
-    the whole batch's)."""
-    if type(args) not in (list, tuple) and (  # the common case first: ABC checks are slow
-            isinstance(args, (str, bytes)) or not isinstance(args, Sequence)):
-        raise InvalidOption(f"call {index}: args must be a list or tuple, "
-                            f"not {type(args).__name__}")
-    if kwargs is not None:
-        if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
-            raise InvalidOption(f"call {index}: kwargs must be a dict, "
-                                f"not {type(kwargs).__name__}")
-        if not all(isinstance(key, str) for key in kwargs):
-            raise InvalidOption(f"call {index}: keyword argument names must be strings")
-    return [list(cast(Sequence[Any], args)), dict(cast(Mapping[str, Any], kwargs or {}))]
+    """One call's arguments, checked for shape (the JSON test comes with the batch's)."""
+    try:
+        return [_args_value(args), _kwargs_value(kwargs)]
+    except InvalidOption as exc:
+        raise InvalidOption(f"call {index}: {exc}") from exc
 
 
 def _json_calls(calls: list[list[Any]], first: int) -> str:
@@ -338,29 +330,42 @@ def _json(value: Any, what: str) -> str:
             f"{what} ({type(value).__name__}) is not JSON-serialisable: {exc}") from exc
 
 
-def _json_args(args: object) -> str:
-    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+def _args_value(args: object) -> list[Any]:
+    """Positional arguments as a list; a string is not a list of them."""
+    if type(args) not in (list, tuple) and (  # the common case first: ABC checks are slow
+            isinstance(args, (str, bytes)) or not isinstance(args, Sequence)):
         raise InvalidOption(f"args must be a list or tuple, not {type(args).__name__}")
+    return list(cast(Sequence[Any], args))
+
+
+def _kwargs_value(kwargs: object) -> dict[str, Any]:
+    """Keyword arguments as a dict with string keys (None: none)."""
+    if kwargs is None:
+        return {}
+    if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
+        raise InvalidOption(f"kwargs must be a dict, not {type(kwargs).__name__}")
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise InvalidOption(f"keyword argument names must be strings, not {key!r}")
+    return dict(cast(Mapping[str, Any], kwargs))
+
+
+def _json_args(args: object) -> str:
+    values = _args_value(args)
     try:
-        return json.dumps(list(args), allow_nan=False)
+        return json.dumps(values, allow_nan=False)
     except (TypeError, ValueError):
-        for index, value in enumerate(args):  # only on failure: find the culprit
+        for index, value in enumerate(values):  # only on failure: find the culprit
             _json(value, f"positional argument {index}")
         raise
 
 
 def _json_kwargs(kwargs: object) -> str:
-    if kwargs is None:
-        return "{}"
-    if not isinstance(kwargs, Mapping):
-        raise InvalidOption(f"kwargs must be a dict, not {type(kwargs).__name__}")
-    for key in kwargs:
-        if not isinstance(key, str):
-            raise InvalidOption(f"keyword argument names must be strings, not {key!r}")
+    values = _kwargs_value(kwargs)
     try:
-        return json.dumps(dict(kwargs), allow_nan=False)
+        return json.dumps(values, allow_nan=False)
     except (TypeError, ValueError):
-        for key, value in kwargs.items():
+        for key, value in values.items():
             _json(value, f"keyword argument {key!r}")
         raise
 
