@@ -77,6 +77,10 @@ def schedule(cron: str | None = None, every: float | timedelta | None = None,
     """A validated schedule; ``InvalidOption`` saying what is wrong otherwise."""
     if (cron is None) == (every is None):
         raise InvalidOption("give a periodic task cron= or every=, exactly one")
+    try:  # stored either way, so checked either way
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise InvalidOption(f"unknown time zone {timezone!r} (e.g. 'Europe/Paris')") from None
     if every is not None:
         seconds = every.total_seconds() if isinstance(every, timedelta) else every
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
@@ -87,10 +91,6 @@ def schedule(cron: str | None = None, every: float | timedelta | None = None,
 
     if not isinstance(cron, str) or not croniter.is_valid(cron):
         raise InvalidOption(f"{cron!r} is not a cron expression (e.g. '*/15 * * * *')")
-    try:
-        zoneinfo.ZoneInfo(timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
-        raise InvalidOption(f"unknown time zone {timezone!r} (e.g. 'Europe/Paris')") from None
     return Cron(cron, timezone)
 
 

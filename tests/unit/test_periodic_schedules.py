@@ -63,6 +63,7 @@ def test_cron_with_seconds_as_a_sixth_field() -> None:
     ({"every": float("inf")}, "at least 1 second"),
     ({"every": "60"}, "at least 1 second"),
     ({"cron": "* * * * *", "timezone": "Mars/Olympus"}, "unknown time zone"),
+    ({"every": 60, "timezone": "Mars/Olympus"}, "unknown time zone"),
 ])
 def test_bad_schedules_are_refused_with_the_reason(kwargs: dict[str, object],
                                                    message: str) -> None:
