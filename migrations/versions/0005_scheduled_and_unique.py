@@ -12,11 +12,10 @@ Revises: 0004
 Create Date: 2026-11-29
 """
 
-import importlib.util
-from pathlib import Path
-
 import sqlalchemy as sa
 from alembic import op
+
+from pgbg.migrations.versions import definition
 
 revision = "0005"
 down_revision = "0004"
@@ -136,12 +135,7 @@ QUEUE_VIEW = """CREATE OR REPLACE VIEW pgbg.queue AS
 
 
 def _previous(module: str, name: str) -> str:
-    path = Path(__file__).with_name(module)
-    spec = importlib.util.spec_from_file_location(module.removesuffix(".py"), path)
-    assert spec is not None and spec.loader is not None
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    value = getattr(loaded, name)
+    value = definition(module, name)
     return value if isinstance(value, str) else value["queue"]
 
 

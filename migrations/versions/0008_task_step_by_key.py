@@ -15,10 +15,9 @@ Revises: 0007
 Create Date: 2026-11-29
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from pgbg.migrations.versions import definition
 
 revision = "0008"
 down_revision = "0007"
@@ -76,18 +75,10 @@ $$
 """
 
 
-def _previous_step() -> str:
-    path = Path(__file__).with_name("0004_task_step.py")
-    spec = importlib.util.spec_from_file_location("pgbg_migration_0004", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return str(module.STEP_FUNCTION).replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")
-
-
 def upgrade() -> None:
     op.execute(STEP_FUNCTION)
 
 
 def downgrade() -> None:
-    op.execute(_previous_step())
+    previous = definition("0004_task_step.py", "STEP_FUNCTION")
+    op.execute(previous.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"))

@@ -6,6 +6,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -19,16 +20,36 @@ def _engine(url: str) -> sa.Engine:
                             creator=lambda: psycopg.connect(url))
 
 
-def test_migrations_match_metadata(database_url: str) -> None:
-    engine = _engine(database_url)
+def _schema_diff(url: str) -> list[Any]:
+    engine = _engine(url)
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={
             "include_schemas": True,
             "version_table_schema": SCHEMA,
             "include_name": lambda name, type_, _p: name == SCHEMA if type_ == "schema" else True,
         })
-        diff = compare_metadata(context, metadata)
-    assert diff == []
+        return list(compare_metadata(context, metadata))
+
+
+def test_migrations_match_metadata(database_url: str) -> None:
+    assert _schema_diff(database_url) == []
+
+
+def test_every_revision_downgrades_and_upgrades_again(database_url: str,
+                                                      conn: psycopg.Connection[Any]) -> None:
+    config = migrate._config(database_url)
+    command.downgrade(config, "base")
+    row = conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n "
+                       "ON n.oid = c.relnamespace WHERE n.nspname = 'pgbg' "
+                       "AND c.relname NOT IN ('alembic_version', 'alembic_version_pkc')").fetchone()
+    assert row == (0,)  # every table, index, view and sequence gone
+    assert conn.execute("SELECT count(*) FROM pg_proc p JOIN pg_namespace n "
+                        "ON n.oid = p.pronamespace WHERE n.nspname = 'pgbg'").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM pg_type t JOIN pg_namespace n "
+                        "ON n.oid = t.typnamespace WHERE n.nspname = 'pgbg' "
+                        "AND t.typtype = 'e'").fetchone() == (0,)  # the status enum too
+    command.upgrade(config, "head")
+    assert _schema_diff(database_url) == []
 
 
 def test_status_enum_matches_database(conn: psycopg.Connection[Any]) -> None:
