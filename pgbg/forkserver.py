@@ -2,27 +2,38 @@
 
 Forking costs in proportion to what the forking process has mapped; a process that has
 loaded psycopg forks about four times slower than a bare interpreter. So the worker never
-forks: it starts this process (which never imports psycopg), tells it which tasks to run,
-and hears back pids, what the tasks record, and how they ended. Task modules are imported
-here once, on first use, so every later child starts with them loaded.
+forks: it starts this process (which never imports psycopg), and this process keeps spare
+children forked ahead of need. It hands each spare's pipes to the worker over a Unix
+socket (``SCM_RIGHTS``): the worker writes a task straight into a spare and hears from the
+child directly, so this process is on no task's path and its forks delay nothing. It alone
+reaps the children, so only it signals them (a pid it has not reaped cannot have been
+reused), and it tells the worker how each one exited. Task modules the worker names are
+imported here once, so every later child starts with them loaded.
 
-Protocol: JSON lines. Commands on ``cmd_fd`` from the worker:
-``{"op": "run", "task": {...}}``, ``{"op": "signal", "task_id": ..., "sig": n}``.
-Events on ``event_fd`` to the worker: ``{"ev": "ready"}``,
-``{"ev": "started", "task_id", "pid"}``, ``{"ev": "message", "task_id", "message"}``,
-``{"ev": "exited", "task_id", "status"}`` (the wait status). End of file on ``cmd_fd``
-(the worker is gone) kills every task and ends the server. ``Client`` is the worker's end.
+Protocol: one JSON object per datagram of a ``SOCK_SEQPACKET`` socket. From the worker:
+``{"op": "used", "pid"}`` (a spare was given a task: fork another),
+``{"op": "signal", "pid", "sig"}`` (honoured only for a child given a task),
+``{"op": "preload", "module"}`` (import it; the spares forked before are retired).
+To the worker: ``{"ev": "spare", "pid", "generation"}`` with four descriptors — the
+task pipe's write end, the report and output pipes' read ends, a pidfd — and
+``{"ev": "exited", "pid", "status"}`` (the wait status) for every child reaped. End of file
+(the worker is gone) kills every child and ends the server. ``Client`` is the worker's
+end, ``Spare`` a child as the worker holds it.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
+import gc
 import importlib
 import json
 import os
 import selectors
 import signal
+import socket
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,112 +42,115 @@ from pgbg import child
 if TYPE_CHECKING:
     import subprocess
 
+SPARES = 2  # children kept forked and waiting: two starts in a row wait for no fork
+FD_SIZE = array.array("i").itemsize
+
 
 @dataclass
-class _Running:
-    task_id: str  # "" while it is the spare, waiting for a task
+class _Forked:
     pid: int
     pidfd: int
-    pipe: int
-    task_fd: int = -1  # the spare's: where its task is written
-    out: int = -1  # what the task (and anything it starts) writes to stdout and stderr
-    out_kept: int = 0
-    out_dropped: int = 0
-    out_noted: int = 0  # of the dropped bytes, how many a truncation note has reported
-    partial: bytes = b""
+    spare: bool = True  # not given a task, nor retired, as far as we have heard
 
 
 @dataclass
 class Server:
-    cmd_fd: int
-    event_fd: int
-    output_limit: int = 1 << 20  # bytes of a task's output forwarded; the rest is counted
+    sock: socket.socket
+    spares: int = SPARES
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
-    children: dict[str, _Running] = field(default_factory=dict)
-    spare: _Running | None = None
-    outgoing: bytearray = field(default_factory=bytearray)
-    commands: bytes = b""
-    preloaded: set[str] = field(default_factory=set)
+    children: dict[int, _Forked] = field(default_factory=dict)  # forked, not yet reaped
+    outgoing: deque[tuple[bytes, list[int]]] = field(default_factory=deque)
+    generation: int = 0  # preloads done: a spare forked before the last one lacks it
     accepting: bool = True
 
     def serve(self) -> None:
-        os.set_blocking(self.cmd_fd, False)
-        os.set_blocking(self.event_fd, False)
-        self.selector.register(self.cmd_fd, selectors.EVENT_READ, "cmd")
-        self.emit({"ev": "ready"})
-        self.fork_spare()
-        while self.accepting or self.children or self.spare:
-            self.flush()
-            for key, _mask in self.selector.select():
-                if key.data == "cmd":
-                    self.read_commands()
-                elif key.data == "out":
-                    self.flush()
-                elif isinstance(key.data, tuple):
-                    kind, running = key.data
-                    if kind == "pidfd" and running.pidfd == key.fd:
-                        self.reap(running)
-                    elif kind == "pipe" and running.pipe == key.fd:
-                        self.read_child(running)
-                    elif kind == "out" and running.out == key.fd:
-                        self.read_output(running)
-        self.flush(block=True)
+        gc.freeze()
+        self.sock.setblocking(False)
+        self.selector.register(self.sock, selectors.EVENT_READ, "sock")
+        while self.accepting or self.children:
+            short = self.accepting and self.spare_count() < self.spares
+            ready = self.selector.select(0 if short else None)
+            for key, mask in ready:
+                if key.data == "sock":
+                    if mask & selectors.EVENT_WRITE:
+                        self.flush()
+                    if mask & selectors.EVENT_READ:
+                        self.read_commands()
+                else:
+                    self.reap(key.data)
+            if short and not ready:  # nothing else waits: fork one, then look again
+                self.fork_spare()
+
+    def spare_count(self) -> int:
+        return sum(1 for forked in self.children.values() if forked.spare)
 
     # -- to the worker -------------------------------------------------------------
 
-    def emit(self, event: dict[str, Any]) -> None:
-        self.outgoing += json.dumps(event).encode() + b"\n"
+    def emit(self, event: dict[str, Any], fds: list[int] | None = None) -> None:
+        """Queue ``event`` (our copies of ``fds`` are closed once it is sent) and send."""
+        self.outgoing.append((json.dumps(event).encode(), fds or []))
+        self.flush()
 
-    def flush(self, block: bool = False) -> None:
-        """Write what the worker has not taken yet; never block unless told to."""
-        os.set_blocking(self.event_fd, block)
-        try:
-            while self.outgoing:
-                del self.outgoing[:os.write(self.event_fd, self.outgoing)]
-        except BlockingIOError:
-            pass
-        except BrokenPipeError:
-            self.outgoing.clear()  # the worker is gone; cmd EOF ends us shortly
-        waiting = self.event_fd in self.selector.get_map()
-        if self.outgoing and not waiting:
-            self.selector.register(self.event_fd, selectors.EVENT_WRITE, "out")
-        elif not self.outgoing and waiting:
-            self.selector.unregister(self.event_fd)
+    def flush(self) -> None:
+        while self.outgoing and self.accepting:
+            data, fds = self.outgoing[0]
+            try:
+                socket.send_fds(self.sock, [data], fds) if fds else self.sock.send(data)
+            except BlockingIOError:
+                break
+            except OSError:  # the worker is gone; end of file on the socket ends us
+                break
+            self.outgoing.popleft()
+            for fd in fds:
+                os.close(fd)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outgoing else 0)
+        if self.accepting and self.selector.get_key(self.sock).events != events:
+            self.selector.modify(self.sock, events, "sock")
 
     # -- from the worker -----------------------------------------------------------
 
     def read_commands(self) -> None:
-        try:
-            chunk = os.read(self.cmd_fd, 65536)
-        except BlockingIOError:
-            return
-        if not chunk:  # the worker is gone: nothing we started may outlive it
-            self.accepting = False
-            self.selector.unregister(self.cmd_fd)
-            for running in self.children.values():
-                _kill(running.pid, signal.SIGKILL)
-            if self.spare is not None:  # end of file on its task pipe: it exits
-                os.close(self.spare.task_fd)
-                self.spare.task_fd = -1
-            return
-        lines = (self.commands + chunk).split(b"\n")
-        self.commands = lines.pop()
-        for line in lines:
-            command = json.loads(line)
-            if command["op"] == "run":
-                self.start(command["task"])
-            elif command["op"] == "signal" and command["task_id"] in self.children:
-                _kill(self.children[command["task_id"]].pid, command["sig"])
+        while self.accepting:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.worker_gone()
+                return
+            command = json.loads(data)
+            forked = self.children.get(command.get("pid", 0))
+            if command["op"] == "used" and forked is not None:
+                forked.spare = False
+            elif command["op"] == "signal" and forked is not None and not forked.spare:
+                _kill(forked.pid, command["sig"])
+            elif command["op"] == "preload":
+                with contextlib.suppress(Exception):  # the child reports the error properly
+                    importlib.import_module(command["module"])
+                gc.freeze()  # never collected in a child, so never copied by its collector
+                self.generation += 1
+                for forked in self.children.values():
+                    forked.spare = False  # the worker retires them: end of file, they exit
+
+    def worker_gone(self) -> None:
+        """Nothing we started may outlive the worker."""
+        self.accepting = False
+        self.selector.unregister(self.sock)
+        for _data, fds in self.outgoing:
+            for fd in fds:
+                os.close(fd)
+        self.outgoing.clear()
+        for forked in self.children.values():
+            _kill(forked.pid, signal.SIGKILL)
 
     # -- children ------------------------------------------------------------------
 
     def fork_spare(self) -> None:
-        """Fork the child the next task will run in, ahead of need, so that a task starts
-        without waiting for a fork (the next spare is forked while it runs)."""
-        if not self.accepting or self.spare is not None:
-            return
+        """Fork a child that waits for the one task it will run, and hand its pipes over."""
         task_r, task_w = os.pipe2(os.O_CLOEXEC)
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
@@ -145,190 +159,33 @@ class Server:
         if pid == 0:
             os.dup2(out_w, 1)  # the task's stdout and stderr, and its children's, captured
             os.dup2(out_w, 2)
-            for fd in (task_w, read_fd, out_r, out_w, self.cmd_fd, self.event_fd):
-                os.close(fd)
+            # Nothing else of ours: not the socket, not another spare's pipes or pidfd.
+            low, high = sorted((task_r, report_w))
+            os.closerange(3, low)
+            os.closerange(low + 1, high)
+            os.closerange(high + 1, 1 << 20)
             for stream in (sys.stdout, sys.stderr):
                 stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-            child.serve(task_r, write_fd, parent)
-        os.close(task_r)
-        os.close(write_fd)
-        os.close(out_w)
-        os.set_blocking(out_r, False)
+            child.serve(task_r, report_w, parent)
+        for fd in (task_r, report_w, out_w):
+            os.close(fd)
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)  # also done by the child; whichever runs first wins
-        os.set_blocking(read_fd, False)
-        self.spare = _Running("", pid, os.pidfd_open(pid), read_fd, task_w, out_r)
-        self.selector.register(self.spare.pidfd, selectors.EVENT_READ, ("pidfd", self.spare))
-        self.selector.register(read_fd, selectors.EVENT_READ, ("pipe", self.spare))
-        self.selector.register(out_r, selectors.EVENT_READ, ("out", self.spare))
+        pidfd = os.pidfd_open(pid)
+        self.children[pid] = _Forked(pid, pidfd)
+        self.selector.register(pidfd, selectors.EVENT_READ, self.children[pid])
+        self.emit({"ev": "spare", "pid": pid, "generation": self.generation},
+                  [task_w, report_r, out_r, os.dup(pidfd)])
 
-    def start(self, task: dict[str, Any]) -> None:
-        """Hand ``task`` (a task row as JSON values, passed through as it came) to the spare."""
-        module = task["func"].partition(":")[0]
-        if module not in self.preloaded:
-            self.preloaded.add(module)
-            with contextlib.suppress(Exception):  # the child reports the error properly
-                importlib.import_module(module)
-            if self.spare is not None:  # forked before the preload: replace it, once
-                self.retire_spare()
-        self.fork_spare()
-        running, self.spare = self.spare, None
-        assert running is not None
-        running.task_id = task["id"]
-        data = json.dumps(task).encode()
-        os.set_blocking(running.task_fd, True)
-        while data:
-            data = data[os.write(running.task_fd, data):]
-        os.close(running.task_fd)
-        running.task_fd = -1
-        self.children[running.task_id] = running
-        self.emit({"ev": "started", "task_id": running.task_id, "pid": running.pid})
-        self.flush()  # the worker hears of it before we spend time forking
-        self.fork_spare()  # while this task runs
-
-    def retire_spare(self) -> None:
-        spare, self.spare = self.spare, None
-        assert spare is not None
-        os.close(spare.task_fd)  # end of file: it exits, and is reaped like any child
-        spare.task_fd = -1
-        self.children[f"spare-{spare.pid}"] = spare
-        spare.task_id = f"spare-{spare.pid}"
-
-    def read_child(self, running: _Running) -> None:
-        while True:
-            try:
-                chunk = os.read(running.pipe, 65536)
-            except BlockingIOError:
-                return
-            if not chunk:
-                running.pipe = self.unwatch(running.pipe)
-                return
-            lines = (running.partial + chunk).split(b"\n")
-            running.partial = lines.pop()
-            for line in lines:
-                message = json.loads(line)
-                if message.get("kind") == "outcome" and running.out >= 0:
-                    self.read_output(running)  # what it printed, before how it ended
-                    self.note_truncation(running)
-                self.emit({"ev": "message", "task_id": running.task_id, "message": message})
-
-    def read_output(self, running: _Running) -> None:
-        """Forward what the task printed, as it comes, up to the limit; count the rest."""
-        while True:
-            try:
-                chunk = os.read(running.out, 65536)
-            except BlockingIOError:
-                return
-            if not chunk:
-                running.out = self.unwatch(running.out)
-                return
-            room = max(0, self.output_limit - running.out_kept)
-            if room and running.task_id:
-                kept = chunk[:room]
-                running.out_kept += len(kept)
-                self.emit({"ev": "output", "task_id": running.task_id,
-                           "text": kept.decode("utf-8", "replace")})
-            running.out_dropped += len(chunk) - min(room, len(chunk))
-
-    def note_truncation(self, running: _Running) -> None:
-        """Say how much output was not kept, once per batch dropped since the last note."""
-        if running.out_dropped > running.out_noted and running.task_id:
-            self.emit({"ev": "output", "task_id": running.task_id, "truncated": True,
-                       "text": f"[output truncated: {running.out_dropped - running.out_noted} "
-                               f"more bytes not kept (limit {self.output_limit})]"})
-            running.out_noted = running.out_dropped
-
-    def unwatch(self, fd: int) -> int:
-        """Stop watching ``fd`` and close it; returns -1, the value for "closed"."""
-        self.selector.unregister(fd)
-        os.close(fd)
-        return -1
-
-    def reap(self, running: _Running) -> None:
+    def reap(self, forked: _Forked) -> None:
         # Exited but not reaped: its pid and group id cannot have been reused yet, so kill
         # whatever it left behind in its group, then reap it.
-        _kill(running.pid, signal.SIGKILL)
-        _pid, status = os.waitpid(running.pid, 0)
-        if running.pipe >= 0:
-            self.read_child(running)  # its last words are in the pipe buffer by now
-        if running.pipe >= 0:  # a grandchild holds the pipe open; stop listening to it
-            running.pipe = self.unwatch(running.pipe)
-        if running.out >= 0:
-            self.read_output(running)  # what is left in the pipe; the group is dead now
-        if running.out >= 0:
-            running.out = self.unwatch(running.out)
-        self.note_truncation(running)
-        running.pidfd = self.unwatch(running.pidfd)
-        if running is self.spare:  # died waiting, or told to exit: fork another if open
-            if running.task_fd >= 0:
-                os.close(running.task_fd)
-            self.spare = None
-            self.fork_spare()
-            return
-        del self.children[running.task_id]
-        if not running.task_id.startswith("spare-"):
-            self.emit({"ev": "exited", "task_id": running.task_id, "status": status})
-
-
-
-
-class Client:
-    """The worker's end: starts the fork server, sends it commands, reads its events."""
-
-    def __init__(self, output_limit: int, database_url: str) -> None:
-        import subprocess  # here, not at the top: the fork server itself never needs it
-
-        cmd_r, cmd_w = os.pipe2(os.O_CLOEXEC)
-        event_r, event_w = os.pipe2(os.O_CLOEXEC)
-        # It imports task modules as the worker would.
-        path = os.pathsep.join(p for p in sys.path if p)
-        env = {**os.environ, "PYTHONPATH": path, "PGBG_DATABASE_URL": database_url}
-        self.process: subprocess.Popen[bytes] = subprocess.Popen(
-            [sys.executable, "-m", "pgbg.forkserver", str(cmd_r), str(event_w), str(os.getpid()),
-             str(output_limit)],
-            pass_fds=(cmd_r, event_w), env=env, stdin=subprocess.DEVNULL)
-        os.close(cmd_r)
-        os.close(event_w)
-        self.commands, self.events, self._partial = cmd_w, event_r, b""
-        os.set_blocking(event_r, False)
-
-    def run(self, task: dict[str, Any]) -> None:
-        self._send({"op": "run", "task": task})
-
-    def signal(self, task_id: str, sig: int) -> None:
-        self._send({"op": "signal", "task_id": task_id, "sig": sig})
-
-    def _send(self, command: dict[str, Any]) -> None:
-        data = memoryview(json.dumps(command).encode() + b"\n")
-        while data:
-            data = data[os.write(self.commands, data):]
-
-    def read(self) -> list[dict[str, Any]] | None:
-        """The events that have arrived, without blocking; None once it is gone."""
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(self.events, 65536)
-            except BlockingIOError:
-                break
-            if not chunk:
-                return None
-            chunks.append(chunk)
-        lines = (self._partial + b"".join(chunks)).split(b"\n")
-        self._partial = lines.pop()
-        return [json.loads(line) for line in lines]
-
-    def close(self) -> None:
-        """End of file on its commands: it kills what still runs, then exits."""
-        import subprocess
-
-        os.close(self.commands)
-        os.close(self.events)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        _kill(forked.pid, signal.SIGKILL)
+        _pid, status = os.waitpid(forked.pid, 0)
+        self.selector.unregister(forked.pidfd)
+        os.close(forked.pidfd)
+        del self.children[forked.pid]
+        self.emit({"ev": "exited", "pid": forked.pid, "status": status})
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -336,8 +193,189 @@ def _kill(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+# -- the worker's end ----------------------------------------------------------------
+
+
+@dataclass
+class Spare:
+    """A forked child as the worker holds it: its pipes and pidfd, then what it reports."""
+
+    pid: int
+    generation: int
+    task_fd: int  # where its task is written (closed once written)
+    report_fd: int  # JSON lines: what the task records, then how it ended
+    out_fd: int  # what the task (and anything it starts) writes to stdout and stderr
+    pidfd: int  # readable once the process has exited
+    selector: selectors.BaseSelector | None = None  # watching its descriptors, if any
+    partial: bytes = b""
+    out_kept: int = 0
+    out_dropped: int = 0
+    out_noted: int = 0  # of the dropped bytes, how many a truncation note has reported
+
+    def give(self, task: dict[str, Any]) -> bool:
+        """Write ``task`` (a task row as JSON values); False if the spare had died waiting
+        (the task has not started). A child that dies once it has its task is told of by
+        its exit, like any other."""
+        data = memoryview(json.dumps(task).encode())
+        try:
+            while data:
+                data = data[os.write(self.task_fd, data):]
+        except BrokenPipeError:
+            return False
+        finally:
+            self.task_fd = self._close(self.task_fd)
+        return True
+
+    def read_reports(self) -> list[dict[str, Any]]:
+        """The messages that have arrived, without blocking (end of file closes the pipe)."""
+        chunks = []
+        while self.report_fd >= 0:
+            try:
+                chunk = os.read(self.report_fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.report_fd = self._close(self.report_fd)
+                break
+            chunks.append(chunk)
+        lines = (self.partial + b"".join(chunks)).split(b"\n")
+        self.partial = lines.pop()
+        return [json.loads(line) for line in lines]
+
+    def read_output(self, limit: int) -> list[str]:
+        """What the task printed since the last call, up to ``limit`` bytes in all; the
+        rest is counted for ``truncation_note``."""
+        texts = []
+        while self.out_fd >= 0:
+            try:
+                chunk = os.read(self.out_fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.out_fd = self._close(self.out_fd)
+                break
+            room = max(0, limit - self.out_kept)
+            if room:
+                kept = chunk[:room]
+                self.out_kept += len(kept)
+                texts.append(kept.decode("utf-8", "replace"))
+            self.out_dropped += len(chunk) - min(room, len(chunk))
+        return texts
+
+    def truncation_note(self, limit: int) -> str | None:
+        """How much output was not kept, once per batch dropped since the last note."""
+        if self.out_dropped <= self.out_noted:
+            return None
+        note = (f"[output truncated: {self.out_dropped - self.out_noted} more bytes not kept "
+                f"(limit {limit})]")
+        self.out_noted = self.out_dropped
+        return note
+
+    def watch(self, selector: selectors.BaseSelector, data: Any) -> None:
+        """Have ``selector`` report its pipes and its exit, as ``(kind, data)``, kind one
+        of "report", "out", "gone"."""
+        self.selector = selector
+        for fd, kind in ((self.report_fd, "report"), (self.out_fd, "out"), (self.pidfd, "gone")):
+            selector.register(fd, selectors.EVENT_READ, (kind, data))
+
+    def exited(self) -> None:
+        """The process is gone: stop watching for that."""
+        if self.pidfd >= 0:
+            self.pidfd = self._close(self.pidfd)
+
+    def close(self) -> None:
+        """Close what is still open; a spare never given a task reads end of file and exits."""
+        self.task_fd, self.report_fd, self.out_fd, self.pidfd = (
+            self._close(fd) if fd >= 0 else -1
+            for fd in (self.task_fd, self.report_fd, self.out_fd, self.pidfd))
+
+    def _close(self, fd: int) -> int:
+        if self.selector is not None and fd in self.selector.get_map():
+            self.selector.unregister(fd)
+        os.close(fd)
+        return -1
+
+
+class Client:
+    """The worker's end: starts the fork server, sends it commands, reads its events."""
+
+    def __init__(self, database_url: str, spares: int = SPARES) -> None:
+        import subprocess  # here, not at the top: the fork server itself never needs it
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # It imports task modules as the worker would.
+        path = os.pathsep.join(p for p in sys.path if p)
+        env = {**os.environ, "PYTHONPATH": path, "PGBG_DATABASE_URL": database_url}
+        self.process: subprocess.Popen[bytes] = subprocess.Popen(
+            [sys.executable, "-m", "pgbg.forkserver", str(theirs.fileno()), str(os.getpid()),
+             str(spares)],
+            pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.sock = ours
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def used(self, pid: int) -> None:
+        self._send({"op": "used", "pid": pid})
+
+    def signal(self, pid: int, sig: int) -> None:
+        self._send({"op": "signal", "pid": pid, "sig": sig})
+
+    def preload(self, module: str) -> None:
+        self._send({"op": "preload", "module": module})
+
+    def _send(self, command: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):  # it died: its end of file is read next
+            self.sock.send(json.dumps(command).encode())
+
+    def read(self) -> list[dict[str, Any] | Spare] | None:
+        """What has arrived, without blocking (spares as ``Spare``); None once it is gone."""
+        events: list[dict[str, Any] | Spare] = []
+        while True:
+            try:
+                data, ancillary, _flags, _addr = self.sock.recvmsg(
+                    65536, socket.CMSG_SPACE(4 * FD_SIZE),
+                    socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+            except BlockingIOError:
+                return events
+            except OSError:
+                data, ancillary = b"", []
+            fds = array.array("i")
+            for level, kind, payload in ancillary:
+                if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                    fds.frombytes(payload[:len(payload) - len(payload) % FD_SIZE])
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                for spare in events:
+                    if isinstance(spare, Spare):
+                        spare.close()
+                return None
+            event = json.loads(data)
+            if event["ev"] == "spare":
+                for fd in fds[1:3]:
+                    os.set_blocking(fd, False)
+                task_fd, report_fd, out_fd, pidfd = fds
+                events.append(Spare(event["pid"], event["generation"], task_fd, report_fd,
+                                    out_fd, pidfd))
+            else:
+                events.append(event)
+
+    def close(self) -> None:
+        """End of file on its socket: it kills what still runs, then exits."""
+        import subprocess
+
+        self.sock.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 def main() -> None:
-    cmd_fd, event_fd, worker_pid, output_limit = (int(arg) for arg in sys.argv[1:5])
+    sock_fd, worker_pid, spares = (int(arg) for arg in sys.argv[1:4])
     # Dies with the worker (its children then kill their own groups).
     if child.libc is not None:
         child.libc.prctl(child.PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
@@ -348,7 +386,7 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)  # every child's stdin, inherited
     os.dup2(devnull, 0)
     os.close(devnull)
-    Server(cmd_fd, event_fd, output_limit).serve()
+    Server(socket.socket(fileno=sock_fd), spares).serve()
 
 
 if __name__ == "__main__":

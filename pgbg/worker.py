@@ -45,7 +45,9 @@ FORKSERVER_LOST = "the worker's fork server died while the task ran"
 @dataclass
 class _Child:
     task: BackgroundTask
-    pid: int | None = None  # known once the fork server says it started
+    pid: int | None = None  # known once it is handed to a spare
+    process: forkserver.Spare | None = None  # the spare it runs in, once started
+    gone: bool = False  # its process has exited (its slot is free; reaped or not)
     deadline: float | None = None  # when its time limit runs out (monotonic)
     killed_by_worker: str | None = None  # why the worker killed it, if it did
     kill_status: TaskStatus = TaskStatus.TERMINATED  # what a kill is recorded as
@@ -105,7 +107,10 @@ class Worker:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._forkserver: forkserver.Client | None = None
-        self._children: dict[str, _Child] = {}  # sent to the fork server, until reaped
+        self._spares: list[forkserver.Spare] = []  # forked children waiting for a task
+        self._preloaded: set[str] = set()  # task modules the fork server has imported
+        self._generation = 0  # preloads asked for: older spares lack the latest
+        self._children: dict[str, _Child] = {}  # handed to a spare, until reaped
         # Claimed as a running child reported its outcome, started once that child has
         # exited: the claim's round trip overlaps the child's exit instead of following it.
         self._ready: list[_Child] = []
@@ -191,10 +196,8 @@ class Worker:
         for key, _mask in self._selector.select(self._wait_time(timeout)):
             if key.data == "db":
                 self._on_notifications()
-            elif key.data == "events":
-                self._on_forkserver_events()
             else:
-                self._drain_wake_pipe()
+                self._on_process_event(key.data)
         self._sync()
         if time.monotonic() >= self._next_heartbeat:
             self._heartbeat()
@@ -216,7 +219,7 @@ class Worker:
 
     def _free_slots(self) -> int:
         """Slots to claim for: a child that reported its outcome is as good as gone."""
-        busy = sum(1 for c in self._children.values() if c.report is None)
+        busy = sum(1 for c in self._children.values() if c.report is None and not c.gone)
         return self.concurrency - busy - len(self._ready)
 
     def _wait_time(self, timeout: float | None) -> float:
@@ -332,16 +335,35 @@ class Worker:
         self._send_ready()
 
     def _send_ready(self) -> None:
-        """Start claimed tasks while fewer than ``concurrency`` children are alive."""
-        while self._ready and len(self._children) < self.concurrency:
-            running = self._ready.pop(0)
+        """Start claimed tasks while fewer than ``concurrency`` children are alive: each is
+        written straight into a spare child (and its pid recorded with the next write)."""
+        assert self._forkserver is not None
+        while (self._ready and self._spares
+               and sum(not c.gone for c in self._children.values()) < self.concurrency):
+            running, spare = self._ready[0], self._spares.pop(0)
             task = running.task
+            if not spare.give(task.to_wire()):
+                spare.close()  # it died waiting (its exit is reported, and ignored)
+                continue
+            self._forkserver.used(spare.pid)
+            self._ready.pop(0)
             limit = task.timeout or self.task_timeout
             if limit:
                 running.deadline = time.monotonic() + limit
+            running.process, running.pid = spare, spare.pid
             self._children[str(task.id)] = running
-            assert self._forkserver is not None
-            self._forkserver.run(task.to_wire())
+            spare.watch(self._selector, running)
+            if not self._writes:
+                self._pids_due = time.monotonic() + PID_DELAY
+            self._writes.append(("pid", (task.id, task.attempt, spare.pid)))
+            module = task.func.partition(":")[0]
+            if module not in self._preloaded:  # later children start with it imported
+                self._preloaded.add(module)
+                self._forkserver.preload(module)
+                self._generation += 1
+                for old in self._spares:
+                    old.close()
+                self._spares.clear()
 
     def _drop_ready(self, reason: str) -> None:
         """Give claimed tasks that never started back to the queue (the attempt is undone)."""
@@ -356,14 +378,35 @@ class Worker:
     # -- the fork server -----------------------------------------------------------
 
     def _start_forkserver(self) -> None:
-        self._forkserver = forkserver.Client(self.output_limit, db.database_url())
-        self._selector.register(self._forkserver.events, selectors.EVENT_READ, "events")
+        self._forkserver = forkserver.Client(db.database_url())
+        self._selector.register(self._forkserver.fileno(), selectors.EVENT_READ, "events")
+        self._preloaded.clear()
+        self._generation = 0
 
     def _stop_forkserver(self) -> None:
         if self._forkserver is not None:
-            self._selector.unregister(self._forkserver.events)
+            self._selector.unregister(self._forkserver.fileno())
             self._forkserver.close()
             self._forkserver = None
+        for spare in self._spares:
+            spare.close()
+        self._spares.clear()
+
+    def _on_process_event(self, data: Any) -> None:
+        """What the selector reported of the fork server, a child, or the wake-up pipe."""
+        if data == "events":
+            self._on_forkserver_events()
+        elif data == "wake":
+            self._drain_wake_pipe()
+        else:
+            kind, running = data
+            if kind == "report":
+                self._read_reports(running)
+            elif kind == "out":
+                self._read_output(running)
+            else:
+                self._on_child_gone(running)
+                self._send_ready()
 
     def _on_forkserver_events(self) -> None:
         assert self._forkserver is not None
@@ -372,37 +415,71 @@ class Worker:
             self._forkserver_lost()
             return
         for event in events:
-            running = self._children.get(event["task_id"]) if "task_id" in event else None
-            if running is None:
-                continue
-            if event["ev"] == "started":
-                running.pid = event["pid"]
-                if not self._writes:
-                    self._pids_due = time.monotonic() + PID_DELAY
-                self._writes.append(("pid", (running.task.id, running.task.attempt,
-                                             running.pid)))
-            elif event["ev"] == "message":
-                self._on_child_message(running, event["message"])
-            elif event["ev"] == "output":
-                last = self._writes[-1] if self._writes else None
-                if last and last[0] == "output" and last[1][0] is running.task:
-                    last[1][1].append(event["text"])  # one log row per burst of output
+            if isinstance(event, forkserver.Spare):
+                if event.generation < self._generation:
+                    event.close()  # forked before the latest preload: it exits
                 else:
-                    self._writes.append(("output", (running.task, [event["text"]])))
+                    self._spares.append(event)
             elif event["ev"] == "exited":
-                del self._children[event["task_id"]]
-                self._send_ready()  # its slot is free: the next task, claimed already
-                self._want_claim = True
-                if running.written:
-                    continue
-                code = os.waitstatus_to_exitcode(event["status"])  # negative: a signal
-                outcome = _outcome(running, code if code >= 0 else None,
-                                   -code if code < 0 else None)
-                delay = self._retry_delay(running, outcome)
-                if delay is None:
-                    self._writes.append(("outcome", outcome))
-                else:
-                    self._writes.append(("retry", (running.task, outcome.error or "", delay)))
+                self._on_reaped(event["pid"], event["status"])
+        self._send_ready()
+
+    def _on_child_gone(self, running: _Child) -> None:
+        """Its process has exited: its last words are in its pipes, its slot is free."""
+        if running.gone:
+            return
+        running.gone = True
+        assert running.process is not None
+        running.process.exited()
+        self._read_reports(running)
+        self._want_claim = True
+
+    def _on_reaped(self, pid: int, status: int) -> None:
+        """The fork server reaped ``pid``: a task's child (record how it ended, unless
+        its report did) or a spare that died waiting."""
+        running = next((c for c in self._children.values() if c.pid == pid), None)
+        if running is None:
+            for spare in [s for s in self._spares if s.pid == pid]:
+                spare.close()
+                self._spares.remove(spare)
+            return
+        self._on_child_gone(running)
+        self._read_output(running, final=True)  # its group is dead: what is left, then close
+        assert running.process is not None
+        running.process.close()
+        del self._children[str(running.task.id)]
+        if running.written:
+            return
+        code = os.waitstatus_to_exitcode(status)  # negative: a signal
+        outcome = _outcome(running, code if code >= 0 else None, -code if code < 0 else None)
+        delay = self._retry_delay(running, outcome)
+        if delay is None:
+            self._writes.append(("outcome", outcome))
+        else:
+            self._writes.append(("retry", (running.task, outcome.error or "", delay)))
+
+    def _read_reports(self, running: _Child) -> None:
+        assert running.process is not None
+        for message in running.process.read_reports():
+            if message.get("kind") == "outcome":
+                self._read_output(running, final=True)  # what it printed, then how it ended
+            self._on_child_message(running, message)
+
+    def _read_output(self, running: _Child, final: bool = False) -> None:
+        """What the task printed, as one log row per burst; ``final``: and a note of what
+        the output limit dropped."""
+        process = running.process
+        assert process is not None
+        texts = process.read_output(self.output_limit)
+        note = process.truncation_note(self.output_limit) if final else None
+        texts += [note] if note else []
+        if not texts:
+            return
+        last = self._writes[-1] if self._writes else None
+        if last and last[0] == "output" and last[1][0] is running.task:
+            last[1][1].extend(texts)
+        else:
+            self._writes.append(("output", (running.task, texts)))
 
     def _on_child_message(self, running: _Child, message: dict[str, Any]) -> None:
         kind = message.get("kind")
@@ -448,8 +525,10 @@ class Worker:
             if not running.written:
                 self._writes.append(("outcome", Outcome(
                     task.id, task.attempt, TaskStatus.FAILED, error=FORKSERVER_LOST)))
+            if running.process is not None:
+                running.process.close()
         self._children.clear()
-        self._stop_forkserver()  # dead already: this only closes its pipes and reaps it
+        self._stop_forkserver()  # dead already: this only closes its socket and reaps it
         self._start_forkserver()
         self._send_ready()
 
@@ -458,8 +537,8 @@ class Worker:
     def _signal(self, running: _Child, sig: signal.Signals) -> None:
         """Signal the task's process group, through the process that forked (and so
         alone reaps) it: a pid it has not reaped cannot have been reused."""
-        assert self._forkserver is not None
-        self._forkserver.signal(str(running.task.id), int(sig))
+        assert self._forkserver is not None and running.pid is not None
+        self._forkserver.signal(running.pid, int(sig))
 
     def _kill_all(self, reason: str) -> None:
         self._drop_ready(reason)
@@ -659,10 +738,8 @@ class Worker:
     def _serve_children(self, timeout: float) -> None:
         """While the database is away, keep hearing from children (their writes wait)."""
         for key, _mask in self._selector.select(timeout):
-            if key.data == "events":
-                self._on_forkserver_events()
-            elif key.data == "wake":
-                self._drain_wake_pipe()
+            if key.data != "db":
+                self._on_process_event(key.data)
         now = time.monotonic()
         if self._hard_stop_at is not None and now >= self._hard_stop_at:
             self._kill_all("the worker stopped before the task finished")

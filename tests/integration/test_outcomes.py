@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from conftest import Driver
 
 import pgbg
-from pgbg import queries
+from pgbg import forkserver, queries
 from pgbg.worker import FORKSERVER_LOST
 
 
@@ -139,11 +140,11 @@ def test_every_child_is_reaped(make_worker: Callable[..., Driver]) -> None:
     driver.until(lambda: driver.worker.running == 0)
     server = driver.worker.forkserver_pid
     assert server is not None
-    # the process that forked them keeps only its spare (the next task's process, already
+    # the process that forked them keeps only its spares (the next tasks' processes, already
     # forked and waiting): none of the finished tasks is left, none is a zombie
     left = [int(p) for p in
             Path(f"/proc/{server}/task/{server}/children").read_text().split()]
-    assert len(left) <= 1
+    assert len(left) <= forkserver.SPARES
     assert not {r.pid for r in map(pgbg.get_task, results)} & set(left)
     for pid in left:
         assert Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -165,3 +166,49 @@ def test_a_dead_fork_server_fails_its_tasks_and_is_replaced(
     after = pgbg.run_in_background(tasks.add, "t", 2, 3)
     driver.until_done(after)
     assert pgbg.get_task(after).result == 5
+
+
+def _wait_reaped(server: int, pids: list[int], timeout: float = 10.0) -> None:
+    """Wait (without stepping any worker) until the fork server has reaped ``pids``."""
+    deadline = time.monotonic() + timeout
+    while set(_spares(server)) & set(pids):
+        assert time.monotonic() < deadline, "the fork server did not reap its spares"
+        time.sleep(0.01)
+
+
+def _spares(server: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{server}/task/{server}/children").read_text().split()]
+
+
+def test_a_task_module_is_imported_once_by_the_fork_server(
+        make_worker: Callable[..., Driver]) -> None:
+    driver = make_worker(1)
+    first = pgbg.run_in_background("pgbg_test_preload:imported_before_fork", "t")
+    driver.until_done(first)
+
+    def preloaded() -> bool:  # children forked after the first task have the module loaded
+        result = pgbg.run_in_background("pgbg_test_preload:imported_before_fork", "t")
+        driver.until_done(result)
+        return bool(result.get(timeout=5))
+
+    driver.until(preloaded)
+    assert first.get(timeout=5) is False  # the first child imported it itself
+
+
+def test_a_spare_that_dies_waiting_is_replaced(make_worker: Callable[..., Driver]) -> None:
+    driver = make_worker(2)
+    warm = pgbg.run_in_background(tasks.add, "t", 1, 1)
+    driver.until_done(warm)
+    server = driver.worker.forkserver_pid
+    assert server is not None
+    killed = driver.until(lambda: _spares(server))  # children of the fork server, all spare
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    # Reaped, but the worker has not read so yet: it must not start a task in them.
+    _wait_reaped(server, killed)
+    driver.worker._want_claim = True  # claims before it reads the fork server's news
+    results = [pgbg.run_in_background(tasks.add, "t", i, 1) for i in range(4)]
+    driver.until_done(*results)
+    assert [r.get(timeout=5) for r in results] == [1, 2, 3, 4]
+    assert not {pgbg.get_task(r).pid for r in results} & set(killed)
+    assert [pgbg.get_task(r).attempt for r in results] == [1, 1, 1, 1]
