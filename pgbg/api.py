@@ -445,7 +445,7 @@ def wait_task(task: object, timeout: float | None = None) -> BackgroundTask:
 
 def _wait_on_connection(tid: uuid.UUID, deadline: float | None) -> BackgroundTask:
     listen = db.listen_enabled()
-    with db.connect() as conn:
+    with db.waiting_connection() as conn:
         if listen:
             notify.listen(conn, notify.DONE)  # listen first, then look: nothing slips between
         while True:

@@ -32,6 +32,8 @@ _lock = threading.Lock()
 _shared: psycopg.Connection[Any] | None = None
 _shared_pid: int | None = None
 _inherited: list[Any] = []  # connections a forked child must keep but never touch
+_idle: list[psycopg.Connection[Any]] = []  # this process's spare connections (``waiting``)
+MAX_IDLE = 4
 
 
 def configure(url: str | None = None, *, engine: Engine | None = None,
@@ -126,6 +128,38 @@ def _drop_shared() -> None:
     elif _shared is not None:
         _inherited.append(_shared)
     _shared, _shared_pid = None, None
+    while _idle:
+        _idle.pop().close()
+
+
+@contextmanager
+def waiting_connection() -> Iterator[psycopg.Connection[Any]]:
+    """A connection of this process's own, for one user at a time (``wait_task``): one
+    left idle by an earlier user, else a new one. Given back after ``UNLISTEN *`` (an
+    idle connection must not collect notifications nobody reads: the server's queue
+    would grow behind it), closed instead if it broke or is one too many."""
+    with _lock:
+        conn = _idle.pop() if _idle else None
+    conn = conn or connect()
+    try:
+        yield conn
+    finally:
+        _give_back(conn)
+
+
+def _give_back(conn: psycopg.Connection[Any]) -> None:
+    healthy = not conn.closed and not conn.broken and (
+        conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
+    if healthy:
+        try:
+            conn.execute("UNLISTEN *")
+        except psycopg.Error:
+            healthy = False
+    with _lock:
+        if healthy and len(_idle) < MAX_IDLE:
+            _idle.append(conn)
+            return
+    conn.close()
 
 
 @contextmanager
@@ -154,6 +188,8 @@ def _after_fork_in_child() -> None:
     if _shared is not None:
         _inherited.append(_shared)
     _shared, _shared_pid = None, None
+    _inherited.extend(_idle)
+    _idle.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -64,6 +64,30 @@ def test_wait_task_unknown_and_malformed_ids(database_url: str) -> None:
         pgbg.wait_task("12345", timeout=1)
 
 
+def test_wait_task_reuses_a_connection_that_listens_only_while_waiting(
+        database_url: str, conn: psycopg.Connection[Any]) -> None:
+    from pgbg import db
+
+    result = pgbg.run_in_background(tasks.add, "t", 1, 1)
+    backends = set()
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            pgbg.wait_task(result, timeout=0.05)
+        with db.waiting_connection() as waiting:  # the one wait_task gave back
+            backends.add(waiting.info.backend_pid)
+            # given back not listening: no notification piles up behind an idle connection
+            assert waiting.execute("SELECT pg_listening_channels()").fetchall() == []
+    assert len(backends) == 1
+    backend = backends.pop()
+    # a connection that broke is not handed out again
+    conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
+    with pytest.raises(TimeoutError):
+        pgbg.wait_task(result, timeout=0.05)
+    with db.waiting_connection() as waiting:
+        assert waiting.info.backend_pid != backend
+        assert waiting.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_get_queued_tasks_in_claim_order_with_reasons(conn: psycopg.Connection[Any]) -> None:
     from pgbg import queries
 
