@@ -165,6 +165,7 @@ def process(scratch: Scratch, func: Callable[..., Any], args: list[Any], n: int,
     (span,) = scratch.sql(
         "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM pgbg.task "
         "WHERE id = ANY(%s)", (ids,))[0]
+    scratch.clear(task_type)
     return n / float(span)
 
 
@@ -301,7 +302,8 @@ def run(sizes: Sizes, progress: Callable[[str], None] = lambda step: None) -> Re
             p50, p95, worst = _percentiles(terminate(scratch, sizes.terminate))
             report.add("terminate → gone p50", p50 * 1000, "ms",
                        f"p95 {p95 * 1000:.1f}, max {worst * 1000:.1f}")
-            (processed,) = scratch.sql("SELECT count(*) FROM pgbg.task WHERE attempt > 0")[0]
+            processed = (sizes.process_noop + sizes.process_sleep + sizes.latency + sizes.wait
+                         + sizes.terminate)
             rss_end = _rss_kb(worker.pid)
             report.add("worker RSS growth", (rss_end - rss_start) / 1024, "MB",
                        f"{rss_start / 1024:.0f} → {rss_end / 1024:.0f} MB over "
