@@ -1,9 +1,10 @@
 """The worker: one parent process, one single-threaded loop, one child per task.
 
-The worker holds the database connection and decides; the fork server (a small process
-it starts, see ``forkserver.py``) forks, because forking from a process that has loaded
-the database driver is several times slower. The loop waits (``selectors``) on the
-LISTEN connection, the fork server's events and a wake-up pipe for ``stop()``. It claims
+The worker holds the database connection and decides; its children (``children.py``)
+run in processes a fork server forks ahead of need (``forkserver.py``), because forking
+from a process that has loaded the database driver is several times slower. The loop
+waits (``selectors``) on the LISTEN connection, the fork server, every child's pipes and
+exit, and a wake-up pipe for ``stop()``. It claims
 when woken by NOTIFY, when a slot frees up, and on a slow poll, so a lost notification
 costs latency, never a task. Every database write of the loop goes through one ordered
 queue, kept across reconnects, so nothing a task reported is lost while the database is
@@ -22,13 +23,13 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
-from pgbg import db, forkserver, notify, periodic, queries
+from pgbg import children, db, notify, periodic, queries
+from pgbg.children import Child
 from pgbg.exceptions import DatabaseUnavailable, InvalidOption
 from pgbg.models import TERMINAL_STATUSES, BackgroundTask, TaskStatus
 from pgbg.queries import Outcome
@@ -40,21 +41,6 @@ MAX_BACKOFF = 3600.0  # seconds: the longest a retry waits
 PID_DELAY = 0.05  # seconds a recorded pid may wait for a commit to share
 PERIODIC_RECHECK = 60.0  # seconds between looks at periodic tasks when none falls due sooner
 FORKSERVER_LOST = "the worker's fork server died while the task ran"
-
-
-@dataclass
-class _Child:
-    task: BackgroundTask
-    pid: int | None = None  # known once it is handed to a spare
-    process: forkserver.Spare | None = None  # the spare it runs in, once started
-    gone: bool = False  # its process has exited (its slot is free; reaped or not)
-    deadline: float | None = None  # when its time limit runs out (monotonic)
-    killed_by_worker: str | None = None  # why the worker killed it, if it did
-    kill_status: TaskStatus = TaskStatus.TERMINATED  # what a kill is recorded as
-    kill_at: float | None = None  # when SIGTERM escalates to SIGKILL
-    error_exit: bool = False  # the task recorded its own failure
-    report: dict[str, Any] | None = None  # the child's own account of how it ended
-    written: bool = False  # its outcome is written (from the report, before it exited)
 
 
 class Worker:
@@ -106,14 +92,10 @@ class Worker:
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
-        self._forkserver: forkserver.Client | None = None
-        self._spares: list[forkserver.Spare] = []  # forked children waiting for a task
-        self._preloaded: set[str] = set()  # task modules the fork server has imported
-        self._generation = 0  # preloads asked for: older spares lack the latest
-        self._children: dict[str, _Child] = {}  # handed to a spare, until reaped
+        self._children = children.Children(self._selector, output_limit)
         # Claimed as a running child reported its outcome, started once that child has
         # exited: the claim's round trip overlaps the child's exit instead of following it.
-        self._ready: list[_Child] = []
+        self._ready: list[Child] = []
         self._writes: list[tuple[str, Any]] = []  # in order; outcomes and pids batch up
         self._pids_due = 0.0
         self._want_claim = True
@@ -129,11 +111,11 @@ class Worker:
 
     @property
     def running(self) -> int:
-        return len(self._children)
+        return len(self._children.running)
 
     @property
     def forkserver_pid(self) -> int | None:
-        return self._forkserver.process.pid if self._forkserver else None
+        return self._children.server_pid
 
     def stop(self, *, force: bool = False) -> None:
         """Stop claiming; let running tasks finish (``force``, or a second call: kill them).
@@ -153,7 +135,7 @@ class Worker:
         self.start()
         announced = False
         try:
-            while not (self._stopping and not self._children and not self._ready):
+            while not (self._stopping and not self._children.running and not self._ready):
                 self.run_once(timeout=None)
                 if self._stopping and not announced:
                     announced = True
@@ -169,7 +151,7 @@ class Worker:
         self._connect()
         assert self._conn is not None
         queries.worker_register(self._conn, self.id, self.hostname, os.getpid(), self.concurrency)
-        self._start_forkserver()
+        self._children.open(db.database_url())
         self._next_heartbeat = time.monotonic() + self.heartbeat_interval
         self._started = True
         logger.info("worker started", extra={"worker_id": str(self.id),
@@ -186,7 +168,7 @@ class Worker:
             self._drop_ready("the worker is stopping")
         self._escalate_kills(now)
         self._enforce_time_limits(now)
-        if (self._children or self._ready) and now >= self._next_cancel_check:
+        if (self._children.running or self._ready) and now >= self._next_cancel_check:
             self._check_cancel_requests()
         if not self._stopping and now >= self._next_periodic:
             self._enqueue_periodic()
@@ -203,7 +185,7 @@ class Worker:
             self._heartbeat()
 
     def close(self) -> None:
-        self._stop_forkserver()
+        self._children.close()
         if self._conn is not None and not self._conn.closed:
             try:
                 queries.worker_unregister(self._conn, self.id)
@@ -219,15 +201,15 @@ class Worker:
 
     def _free_slots(self) -> int:
         """Slots to claim for: a child that reported its outcome is as good as gone."""
-        busy = sum(1 for c in self._children.values() if c.report is None and not c.gone)
+        busy = sum(1 for c in self._children.running.values() if c.report is None and not c.gone)
         return self.concurrency - busy - len(self._ready)
 
     def _wait_time(self, timeout: float | None) -> float:
         now = time.monotonic()
         deadlines = [self._next_heartbeat]
-        for c in self._children.values():
+        for c in self._children.running.values():
             deadlines += [t for t in (c.kill_at, c.deadline) if t is not None]
-        if self._children or self._ready:
+        if self._children.running or self._ready:
             deadlines.append(self._next_cancel_check)
         if self._stopping:
             if self._hard_stop_at is not None:
@@ -331,39 +313,24 @@ class Worker:
                     error=f"not allowed: {task.func} is outside this worker's allowed "
                           f"modules ({', '.join(self.allow or ())})")))
                 continue
-            self._ready.append(_Child(task))
+            self._ready.append(Child(task))
         self._send_ready()
 
     def _send_ready(self) -> None:
         """Start claimed tasks while fewer than ``concurrency`` children are alive: each is
         written straight into a spare child (and its pid recorded with the next write)."""
-        assert self._forkserver is not None
-        while (self._ready and self._spares
-               and sum(not c.gone for c in self._children.values()) < self.concurrency):
-            running, spare = self._ready[0], self._spares.pop(0)
-            task = running.task
-            if not spare.give(task.to_wire()):
-                spare.close()  # it died waiting (its exit is reported, and ignored)
-                continue
-            self._forkserver.used(spare.pid)
+        while self._ready and self._children.live() < self.concurrency:
+            running = self._ready[0]
+            if not self._children.start(running):
+                return  # no spare yet: the fork server announces the next one shortly
             self._ready.pop(0)
+            task = running.task
             limit = task.timeout or self.task_timeout
             if limit:
                 running.deadline = time.monotonic() + limit
-            running.process, running.pid = spare, spare.pid
-            self._children[str(task.id)] = running
-            spare.watch(self._selector, running)
             if not self._writes:
                 self._pids_due = time.monotonic() + PID_DELAY
-            self._writes.append(("pid", (task.id, task.attempt, spare.pid)))
-            module = task.func.partition(":")[0]
-            if module not in self._preloaded:  # later children start with it imported
-                self._preloaded.add(module)
-                self._forkserver.preload(module)
-                self._generation += 1
-                for old in self._spares:
-                    old.close()
-                self._spares.clear()
+            self._writes.append(("pid", (task.id, task.attempt, running.pid)))
 
     def _drop_ready(self, reason: str) -> None:
         """Give claimed tasks that never started back to the queue (the attempt is undone)."""
@@ -375,79 +342,34 @@ class Worker:
         self._ready.clear()
         self._writes.append(("release", None))
 
-    # -- the fork server -----------------------------------------------------------
-
-    def _start_forkserver(self) -> None:
-        self._forkserver = forkserver.Client(db.database_url())
-        self._selector.register(self._forkserver.fileno(), selectors.EVENT_READ, "events")
-        self._preloaded.clear()
-        self._generation = 0
-
-    def _stop_forkserver(self) -> None:
-        if self._forkserver is not None:
-            self._selector.unregister(self._forkserver.fileno())
-            self._forkserver.close()
-            self._forkserver = None
-        for spare in self._spares:
-            spare.close()
-        self._spares.clear()
+    # -- children ------------------------------------------------------------------
 
     def _on_process_event(self, data: Any) -> None:
-        """What the selector reported of the fork server, a child, or the wake-up pipe."""
-        if data == "events":
-            self._on_forkserver_events()
-        elif data == "wake":
+        """What the selector reported of the wake-up pipe, the fork server or a child."""
+        if data == "wake":
             self._drain_wake_pipe()
-        else:
-            kind, running = data
-            if kind == "report":
-                self._read_reports(running)
-            elif kind == "out":
-                self._read_output(running)
-            else:
-                self._on_child_gone(running)
-                self._send_ready()
-
-    def _on_forkserver_events(self) -> None:
-        assert self._forkserver is not None
-        events = self._forkserver.read()
-        if events is None:
-            self._forkserver_lost()
             return
-        for event in events:
-            if isinstance(event, forkserver.Spare):
-                if event.generation < self._generation:
-                    event.close()  # forked before the latest preload: it exits
+        for kind, running, value in self._children.handle(data):
+            if kind == "message":
+                self._on_child_message(running, value)
+            elif kind == "output":
+                last = self._writes[-1] if self._writes else None
+                if last and last[0] == "output" and last[1][0] is running.task:
+                    last[1][1].extend(value)  # one log row per burst of output
                 else:
-                    self._spares.append(event)
-            elif event["ev"] == "exited":
-                self._on_reaped(event["pid"], event["status"])
+                    self._writes.append(("output", (running.task, value)))
+            elif kind == "gone":
+                self._want_claim = True  # its slot is free
+            elif kind == "exited":
+                self._on_exit(running, value)
+            elif kind == "lost" and not running.written:
+                self._writes.append(("outcome", Outcome(
+                    running.task.id, running.task.attempt, TaskStatus.FAILED,
+                    error=FORKSERVER_LOST)))
         self._send_ready()
 
-    def _on_child_gone(self, running: _Child) -> None:
-        """Its process has exited: its last words are in its pipes, its slot is free."""
-        if running.gone:
-            return
-        running.gone = True
-        assert running.process is not None
-        running.process.exited()
-        self._read_reports(running)
-        self._want_claim = True
-
-    def _on_reaped(self, pid: int, status: int) -> None:
-        """The fork server reaped ``pid``: a task's child (record how it ended, unless
-        its report did) or a spare that died waiting."""
-        running = next((c for c in self._children.values() if c.pid == pid), None)
-        if running is None:
-            for spare in [s for s in self._spares if s.pid == pid]:
-                spare.close()
-                self._spares.remove(spare)
-            return
-        self._on_child_gone(running)
-        self._read_output(running, final=True)  # its group is dead: what is left, then close
-        assert running.process is not None
-        running.process.close()
-        del self._children[str(running.task.id)]
+    def _on_exit(self, running: Child, status: int) -> None:
+        """Record how the task ended, unless its report did."""
         if running.written:
             return
         code = os.waitstatus_to_exitcode(status)  # negative: a signal
@@ -458,30 +380,7 @@ class Worker:
         else:
             self._writes.append(("retry", (running.task, outcome.error or "", delay)))
 
-    def _read_reports(self, running: _Child) -> None:
-        assert running.process is not None
-        for message in running.process.read_reports():
-            if message.get("kind") == "outcome":
-                self._read_output(running, final=True)  # what it printed, then how it ended
-            self._on_child_message(running, message)
-
-    def _read_output(self, running: _Child, final: bool = False) -> None:
-        """What the task printed, as one log row per burst; ``final``: and a note of what
-        the output limit dropped."""
-        process = running.process
-        assert process is not None
-        texts = process.read_output(self.output_limit)
-        note = process.truncation_note(self.output_limit) if final else None
-        texts += [note] if note else []
-        if not texts:
-            return
-        last = self._writes[-1] if self._writes else None
-        if last and last[0] == "output" and last[1][0] is running.task:
-            last[1][1].extend(texts)
-        else:
-            self._writes.append(("output", (running.task, texts)))
-
-    def _on_child_message(self, running: _Child, message: dict[str, Any]) -> None:
+    def _on_child_message(self, running: Child, message: dict[str, Any]) -> None:
         kind = message.get("kind")
         if kind == "outcome":
             # The function has returned: write how it ended now, and claim for its slot,
@@ -503,7 +402,7 @@ class Worker:
             self._writes.append(("related", (running.task.id, message["link_kind"],
                                              message["key"])))
 
-    def _retry_delay(self, running: _Child, outcome: Outcome) -> float | None:
+    def _retry_delay(self, running: Child, outcome: Outcome) -> float | None:
         """Seconds until a failed attempt runs again, or None: no retry. Never after the
         task recorded its own failure, nor after a termination someone asked for."""
         task = running.task
@@ -517,38 +416,20 @@ class Worker:
         base = self.retry_backoff if task.retry_backoff is None else task.retry_backoff
         return float(min(MAX_BACKOFF, base * 2 ** (task.attempt - 1) * random.uniform(0.5, 1.5)))
 
-    def _forkserver_lost(self) -> None:
-        """Its children died with it (parent-death signal): record them, start a new one."""
-        logger.error("the fork server died; restarting it", extra={"worker_id": str(self.id)})
-        for running in self._children.values():
-            task = running.task
-            if not running.written:
-                self._writes.append(("outcome", Outcome(
-                    task.id, task.attempt, TaskStatus.FAILED, error=FORKSERVER_LOST)))
-            if running.process is not None:
-                running.process.close()
-        self._children.clear()
-        self._stop_forkserver()  # dead already: this only closes its socket and reaps it
-        self._start_forkserver()
-        self._send_ready()
-
     # -- killing -------------------------------------------------------------------
 
-    def _signal(self, running: _Child, sig: signal.Signals) -> None:
-        """Signal the task's process group, through the process that forked (and so
-        alone reaps) it: a pid it has not reaped cannot have been reused."""
-        assert self._forkserver is not None and running.pid is not None
-        self._forkserver.signal(running.pid, int(sig))
+    def _signal(self, running: Child, sig: signal.Signals) -> None:
+        self._children.signal(running, int(sig))
 
     def _kill_all(self, reason: str) -> None:
         self._drop_ready(reason)
-        for running in self._children.values():
+        for running in self._children.running.values():
             if running.kill_at is None or running.killed_by_worker is None:
                 running.killed_by_worker = running.killed_by_worker or reason
                 running.kill_at = time.monotonic()
                 self._signal(running, signal.SIGKILL)
 
-    def _terminate(self, running: _Child, reason: str,
+    def _terminate(self, running: Child, reason: str,
                    status: TaskStatus = TaskStatus.TERMINATED) -> None:
         """SIGTERM the child's process group now, SIGKILL it after the grace period."""
         if running.killed_by_worker is not None:
@@ -561,14 +442,14 @@ class Worker:
                                                "pid": running.pid})
 
     def _enforce_time_limits(self, now: float) -> None:
-        for running in self._children.values():
+        for running in self._children.running.values():
             if running.deadline is not None and now >= running.deadline:
                 running.deadline = None
                 limit = running.task.timeout or self.task_timeout
                 self._terminate(running, f"timed out after {limit:g}s", TaskStatus.FAILED)
 
     def _escalate_kills(self, now: float) -> None:
-        for running in self._children.values():
+        for running in self._children.running.values():
             if running.kill_at is not None and now >= running.kill_at:
                 self._signal(running, signal.SIGKILL)
                 running.kill_at = now + 1.0  # keep at it until the child is reaped
@@ -576,7 +457,7 @@ class Worker:
     def _check_cancel_requests(self) -> None:
         """Terminate the children whose rows ask for it: the row, not a NOTIFY, decides."""
         self._next_cancel_check = time.monotonic() + self.poll_interval
-        by_task = {c.task.id: c for c in [*self._children.values(), *self._ready]}
+        by_task = {c.task.id: c for c in [*self._children.running.values(), *self._ready]}
         if not by_task:
             return
         try:
@@ -608,9 +489,8 @@ class Worker:
             self._want_claim = True
         if any(n.channel == notify.PERIODIC for n in notes):
             self._next_periodic = 0.0
-        waiting = {str(c.task.id) for c in self._ready}
-        if any(n.channel == notify.CANCEL and (n.payload in self._children or n.payload in waiting)
-               for n in notes):
+        ours = {*self._children.running, *(str(c.task.id) for c in self._ready)}
+        if any(n.channel == notify.CANCEL and n.payload in ours for n in notes):
             self._check_cancel_requests()
 
     def _drain_wake_pipe(self) -> None:
@@ -656,7 +536,7 @@ class Worker:
             queries.task_retry_later(self._conn, self.id, *item)
         elif kind == "release":  # every claim of ours that is not a child by now
             queries.task_release_unstarted(
-                self._conn, self.id, [c.task.id for c in self._children.values()])
+                self._conn, self.id, [c.task.id for c in self._children.running.values()])
         elif kind == "output":
             task, texts = item
             queries.task_log_insert(self._conn, task.id, "output", "".join(texts))
@@ -675,7 +555,7 @@ class Worker:
                 attempts = [(c.task.id, c.task.attempt) for c in self._ready]
                 owned = queries.task_list_owned(conn, self.id, attempts)
                 self._ready = [c for c in self._ready if c.task.id in owned]
-            live = [c for c in self._children.values() if not c.written]
+            live = [c for c in self._children.running.values() if not c.written]
             if live:
                 owned = queries.task_list_owned(conn, self.id,
                                                 [(c.task.id, c.task.attempt) for c in live])
@@ -715,7 +595,7 @@ class Worker:
             except DatabaseUnavailable:
                 now = time.monotonic()
                 hard_stop = self._hard_stop_at is not None and now >= self._hard_stop_at
-                if hard_stop and not self._children:
+                if hard_stop and not self._children.running:
                     # Told to stop at once, nothing left running: give up. What could not
                     # be written is recovered like any lost worker's tasks, after the lease.
                     raise DatabaseUnavailable(
@@ -728,7 +608,7 @@ class Worker:
         self._next_heartbeat = self._next_cancel_check = 0.0
         try:
             assert self._conn is not None
-            started = [c.task.id for c in [*self._children.values(), *self._ready]]
+            started = [c.task.id for c in [*self._children.running.values(), *self._ready]]
             for task_id in queries.task_release_unstarted(self._conn, self.id, started):
                 logger.warning("re-queued a task claimed as the connection dropped",
                                extra={"task_id": str(task_id)})
@@ -747,7 +627,7 @@ class Worker:
         self._enforce_time_limits(now)
 
 
-def _outcome(running: _Child, code: int | None, sig: int | None) -> Outcome:
+def _outcome(running: Child, code: int | None, sig: int | None) -> Outcome:
     """How the task ended: from its exit code or signal, and its own report if it made one."""
     task = running.task
     if running.killed_by_worker is not None:
