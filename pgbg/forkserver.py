@@ -353,7 +353,10 @@ class Client:
                         spare.close()
                 return None
             event = json.loads(data)
-            if event["ev"] == "spare":
+            if event["ev"] == "spare" and len(fds) != 4:  # out of descriptors: not all came
+                for fd in fds:  # without its task pipe the spare reads end of file and exits
+                    os.close(fd)
+            elif event["ev"] == "spare":
                 for fd in fds[1:3]:
                     os.set_blocking(fd, False)
                 task_fd, report_fd, out_fd, pidfd = fds

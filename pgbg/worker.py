@@ -148,6 +148,7 @@ class Worker:
     def start(self) -> None:
         if self._started:
             return
+        _make_room_for_descriptors(self.concurrency)
         self._connect()
         assert self._conn is not None
         queries.worker_register(self._conn, self.id, self.hostname, os.getpid(), self.concurrency)
@@ -625,6 +626,23 @@ class Worker:
             self._kill_all("the worker stopped before the task finished")
         self._escalate_kills(now)
         self._enforce_time_limits(now)
+
+
+def _make_room_for_descriptors(concurrency: int) -> None:
+    """Raise the soft limit on open files to what ``concurrency`` children need (each
+    holds three descriptors here, a spare four, and the fork server inherits the limit),
+    never above the hard limit and never lower than it was."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 8 * concurrency + 128
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    if hard != resource.RLIM_INFINITY and hard < want:
+        logger.warning("the open-file limit may be too low for this concurrency",
+                       extra={"concurrency": concurrency, "limit": hard})
+        want = hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
 
 
 def _outcome(running: Child, code: int | None, sig: int | None) -> Outcome:

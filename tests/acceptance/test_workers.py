@@ -179,3 +179,18 @@ def test_poll_only_mode_runs_waits_and_terminates(
     task = pgbg.terminate_background(blocked, timeout=60)  # found by the worker's poll
     assert task.status is pgbg.TaskStatus.TERMINATED
     assert worker.logged("listen=False")
+
+
+def test_a_tight_open_file_limit_is_raised_for_the_concurrency(
+        worker_process: Callable[..., WorkerProcess], tmp_path: Path) -> None:
+    """40 running children need ~120 descriptors in the worker; started with a soft limit
+    of 64 (the hard limit allowing more), it raises its own and runs them all at once."""
+    release = tmp_path / "release"
+    results = [pgbg.run_in_background(tasks.block_until, "t", str(release)) for _ in range(40)]
+    worker = worker_process(40, entry=("pgbg_test_low_fd_limit", "worker"))
+    wait_for(lambda: all(pgbg.get_task(r).pid for r in results), timeout=120,
+             message="40 tasks running at once")
+    release.touch()
+    for result in results:
+        assert result.get(timeout=60) == "released"
+    assert not worker.logged("Too many open files")
