@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_wait_task_unknown_and_malformed_ids(database_url: str) -> None:
 
 def test_wait_task_reuses_a_connection_that_listens_only_while_waiting(
         database_url: str, conn: psycopg.Connection[Any]) -> None:
-    from pgbg import db
+    from pgbg import db, notify
 
     result = pgbg.run_in_background(tasks.add, "t", 1, 1)
     backends = set()
@@ -79,10 +80,29 @@ def test_wait_task_reuses_a_connection_that_listens_only_while_waiting(
             assert waiting.execute("SELECT pg_listening_channels()").fetchall() == []
     assert len(backends) == 1
     backend = backends.pop()
+
+    def announce_once_waited_on() -> None:  # as a worker would, once wait_task listens
+        wait_for(lambda: conn.execute(
+            "SELECT state = 'idle' AND query LIKE 'SELECT * FROM pgbg.task %%' "
+            "FROM pg_stat_activity "
+            "WHERE pid = %s", (backend,)).fetchone() == (True,))
+        with conn.transaction():
+            conn.execute("UPDATE pgbg.task SET status = 'succeeded', attempt = 1, "
+                         "started_at = now(), finished_at = now(), result = '2' "
+                         "WHERE id = %s", (result.id,))
+            conn.execute("SELECT pg_notify(%s, %s)", (notify.DONE, str(result.id)))
+
+    announcer = threading.Thread(target=announce_once_waited_on)
+    announcer.start()
+    assert pgbg.wait_task(result, timeout=30).status is pgbg.TaskStatus.SUCCEEDED
+    announcer.join()
+    with db.waiting_connection() as waiting:  # woken, it stopped listening as it read
+        assert waiting.info.backend_pid == backend
+        assert waiting.execute("SELECT pg_listening_channels()").fetchall() == []
     # a connection that broke is not handed out again
     conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
     with pytest.raises(TimeoutError):
-        pgbg.wait_task(result, timeout=0.05)
+        pgbg.wait_task(pgbg.run_in_background(tasks.add, "t", 2, 2), timeout=0.05)
     with db.waiting_connection() as waiting:
         assert waiting.info.backend_pid != backend
         assert waiting.execute("SELECT 1").fetchone() == (1,)
