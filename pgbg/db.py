@@ -56,6 +56,8 @@ def configure(url: str | None = None, *, engine: Engine | None = None,
         _explicit_url = libpq_url(url) if url else None
         _resolved_url = None
         _drop_shared()
+        while _idle:  # connections to the database configured before
+            _idle.pop().close()
 
 
 def listen_enabled() -> bool:
@@ -128,8 +130,6 @@ def _drop_shared() -> None:
     elif _shared is not None:
         _inherited.append(_shared)
     _shared, _shared_pid = None, None
-    while _idle:
-        _idle.pop().close()
 
 
 @contextmanager

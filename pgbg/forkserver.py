@@ -131,8 +131,8 @@ class Server:
                     importlib.import_module(command["module"])
                 gc.freeze()  # never collected in a child, so never copied by its collector
                 self.generation += 1
-                for forked in self.children.values():
-                    forked.spare = False  # the worker retires them: end of file, they exit
+                for older in self.children.values():
+                    older.spare = False  # the worker retires them: end of file, they exit
 
     def worker_gone(self) -> None:
         """Nothing we started may outlive the worker."""

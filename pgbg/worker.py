@@ -79,7 +79,6 @@ class Worker:
         # them fails without its module ever being imported.
         self.allow = tuple(allow) if allow is not None else None
         self.retry_backoff = retry_backoff  # first retry delay when the task sets none
-        self.output_limit = output_limit  # bytes of each task's stdout/stderr kept in its log
         # Without LISTEN (poll-only, e.g. behind a transaction-pooling PgBouncer) every wake
         # comes from the poll: new tasks, cancel requests, due times.
         self.listen = db.listen_enabled() if listen is None else listen
@@ -92,6 +91,7 @@ class Worker:
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        # output_limit: bytes of each task's stdout/stderr kept in its log
         self._children = children.Children(self._selector, output_limit)
         # Claimed as a running child reported its outcome, started once that child has
         # exited: the claim's round trip overlaps the child's exit instead of following it.
