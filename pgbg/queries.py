@@ -78,10 +78,12 @@ TASK_INSERT_MANY = """
 WITH inserted AS (
     INSERT INTO pgbg.task (id, task_type, func, args, kwargs, priority, num_proc,
                            num_of_task_type, max_attempts, timeout, retry_on, retry_backoff)
-    SELECT (c ->> 0)::uuid, %(task_type)s, %(func)s, c -> 1, c -> 2, %(priority)s,
+    SELECT c.id::uuid, %(task_type)s, %(func)s, c.args, coalesce(c.kwargs, '{}'), %(priority)s,
            %(num_proc)s, %(num_of_task_type)s::jsonb, %(max_attempts)s, %(timeout)s,
            %(retry_on)s::text[], %(retry_backoff)s
-      FROM jsonb_array_elements(%(calls)s::jsonb) AS c  -- [[id, args, kwargs], ...]
+      FROM ROWS FROM (jsonb_array_elements_text(%(ids)s::jsonb),  -- side by side; kwargs
+                      jsonb_array_elements(%(args)s::jsonb),      -- NULL: none given
+                      jsonb_array_elements(%(kwargs)s::jsonb)) AS c (id, args, kwargs)
     RETURNING 1
 )
 SELECT pg_notify('""" + notify.QUEUED + """', '') WHERE EXISTS (SELECT 1 FROM inserted)

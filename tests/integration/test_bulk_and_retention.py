@@ -25,6 +25,7 @@ def test_enqueue_many_writes_every_task_with_one_notification(
         received = list(listener.notifies(timeout=1.0))
     assert len(received) == 1  # 3 batches in one transaction: one wake-up
     assert len({r.id for r in results}) == 12000
+    assert {(r.id.version, r.id.variant) for r in results} == {(4, uuid.RFC_4122)}
     row = conn.execute("SELECT count(*), min(priority), max(priority), "
                        "bool_and(num_of_task_type = '{\"bulk\": 3}') FROM pgbg.task").fetchone()
     assert row == (12000, 2, 2, True)
