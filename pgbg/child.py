@@ -14,9 +14,11 @@ import os
 import signal
 import sys
 import traceback
+from dataclasses import fields
 from typing import Any, NoReturn
 
 from pgbg import context
+from pgbg.models import BackgroundTask
 
 PR_SET_PDEATHSIG = 1
 PARENT_DIED = signal.SIGRTMIN + 3  # sent by the kernel when the forking process dies
@@ -52,6 +54,7 @@ def serve(task_fd: int, report_fd: int, parent_pid: int) -> NoReturn:
     code = 70  # EX_SOFTWARE, should reporting itself fail
     try:
         _isolate(parent_pid)
+        _rehearse()
         data = b""
         while chunk := os.read(task_fd, 65536):
             data += chunk
@@ -67,6 +70,24 @@ def serve(task_fd: int, report_fd: int, parent_pid: int) -> NoReturn:
     finally:
         _flush()
         os._exit(code)
+
+
+# A task as the worker sends it: every field, only the ones ``_call`` reads filled in.
+REHEARSAL = json.dumps({**dict.fromkeys(f.name for f in fields(BackgroundTask)),
+                        "func": f"{__name__}:_idle", "args": [], "kwargs": {}})
+
+
+def _idle() -> None:
+    """The function of the rehearsal."""
+
+
+def _rehearse() -> None:
+    """Walk a task's path once with nothing to do, while waiting for the real one: a forked
+    child's first touch of each page it writes (reference counts included) copies that
+    page, some 100 pages on this path — 0.45 ms of a task's start and end, taken here
+    off both (measured by counting the faults of a child)."""
+    message, code = _call(json.loads(REHEARSAL))
+    json.dumps({**message, "exit_code": code}, allow_nan=False).encode()
 
 
 def _flush() -> None:

@@ -98,6 +98,19 @@ def test_outside_a_task_the_context_functions_do_nothing() -> None:
     pgbg.record_task_related("study", 1)
 
 
+def test_a_spares_rehearsal_runs_nothing_and_reports_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spare walks a task's path before its task arrives (its page copies taken off the
+    task's time): the walk calls a function that does nothing, enters no task, writes
+    nothing to the worker."""
+    sent: list[object] = []
+    monkeypatch.setattr(child.context, "report", sent.append)
+    child._rehearse()
+    assert sent == [] and pgbg.get_current_task() is None
+    assert child._call(child.json.loads(child.REHEARSAL)) == (
+        {"kind": "outcome", "status": "succeeded", "result": None}, 0)
+
+
 def test_terminal_statuses() -> None:
     assert {s for s in TaskStatus if s.is_terminal} == {
         TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TERMINATED}
