@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
@@ -64,14 +64,6 @@ def task_find_unique(execute: Executor, unique_key: str) -> uuid.UUID | None:
     rows = execute("SELECT id::text FROM pgbg.task WHERE unique_key = %(key)s AND "
                    + UNIQUE_LIVE, {"key": unique_key})
     return uuid.UUID(rows[0][0]) if rows else None
-
-
-def task_next_due(conn: psycopg.Connection[Any]) -> float | None:
-    """Seconds until the next scheduled task is due (database clock), if one waits."""
-    row = conn.execute(
-        """SELECT extract(epoch FROM min(run_at) - now())::float FROM pgbg.task
-            WHERE status = 'queued' AND run_at IS NOT NULL AND run_at > now()""").fetchone()
-    return row[0] if row else None
 
 
 TASK_INSERT_MANY = """
@@ -148,13 +140,32 @@ class Outcome:
     error_exit_recorded: bool = False  # the task already marked itself failed
 
 
+class Step(NamedTuple):
+    claimed: list[BackgroundTask]
+    unwritten: list[uuid.UUID]  # outcomes not written: the task is no longer this worker's
+    next_due: float | None  # seconds until a scheduled task falls due, if the claim fell short
+
+
+TASK_STEP = """
+WITH step AS MATERIALIZED (SELECT kind, task FROM pgbg.task_step(%s, %s, %s, %s, %s))
+SELECT kind, task FROM step
+UNION ALL
+SELECT 'due', to_jsonb(extract(epoch FROM min(run_at) - now())::float8)
+  FROM pgbg.task
+ WHERE %s > (SELECT count(*) FROM step WHERE kind = 'claimed')
+   AND status = 'queued' AND run_at IS NOT NULL AND run_at > now()
+"""
+
+
 def task_step(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str,
               max_claim: int, pids: Sequence[tuple[uuid.UUID, int, int]],
-              outcomes: Sequence[Outcome]) -> tuple[list[BackgroundTask], list[uuid.UUID]]:
+              outcomes: Sequence[Outcome]) -> Step:
     """A worker's loop step in one statement (``pgbg.task_step``, see migration 0004):
     record pids, write outcomes (fenced by worker, attempt and state; waiters notified),
-    claim up to ``max_claim``. Returns the claimed tasks and the ids of outcomes that were
-    not written because the task is no longer this worker's.
+    claim up to ``max_claim``. Returns the claimed tasks, the ids of outcomes that were
+    not written because the task is no longer this worker's and, if fewer than
+    ``max_claim`` were claimed, when the next scheduled task falls due (so the worker
+    sleeps until then without another round trip before it starts what it claimed).
 
     A task that already recorded its own failure (``record_task_error_exit``) keeps its
     status and message; only the exit code is added.
@@ -162,19 +173,20 @@ def task_step(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str
     # a pid whose task ended in the same step is written with the outcome: one row version
     pid_of = {(i, a): p for i, a, p in pids}
     ended = {(o.task_id, o.attempt) for o in outcomes}
-    rows = conn.execute(
-        "SELECT kind, task FROM pgbg.task_step(%s, %s, %s, %s, %s)",
-        (worker_id, hostname, max_claim,
-         Jsonb([{"id": str(i), "attempt": a, "pid": p} for i, a, p in pids
-                if (i, a) not in ended]),
-         Jsonb([{"id": str(o.task_id), "attempt": o.attempt, "status": o.status.value,
-                 "result": o.result, "error": o.error, "exit_code": o.exit_code,
-                 "signal": o.signal, "error_exit": o.error_exit_recorded,
-                 "pid": pid_of.get((o.task_id, o.attempt))} for o in outcomes])),
-    ).fetchall()
-    claimed = [BackgroundTask.from_wire(task) for kind, task in rows if kind == "claimed"]
-    unwritten = [uuid.UUID(task) for kind, task in rows if kind == "unwritten"]
-    return claimed, unwritten
+    rows = conn.execute(TASK_STEP, (
+        worker_id, hostname, max_claim,
+        Jsonb([{"id": str(i), "attempt": a, "pid": p} for i, a, p in pids
+               if (i, a) not in ended]),
+        Jsonb([{"id": str(o.task_id), "attempt": o.attempt, "status": o.status.value,
+                "result": o.result, "error": o.error, "exit_code": o.exit_code,
+                "signal": o.signal, "error_exit": o.error_exit_recorded,
+                "pid": pid_of.get((o.task_id, o.attempt))} for o in outcomes]),
+        max_claim,
+    )).fetchall()
+    return Step(claimed=[BackgroundTask.from_wire(task) for kind, task in rows
+                         if kind == "claimed"],
+                unwritten=[uuid.UUID(task) for kind, task in rows if kind == "unwritten"],
+                next_due=next((task for kind, task in rows if kind == "due"), None))
 
 
 def task_cancel_queued(conn: psycopg.Connection[Any], task_id: uuid.UUID,

@@ -248,8 +248,8 @@ class Worker:
             with conn.transaction() if records else contextlib.nullcontext():
                 for kind, item in records:  # before the outcomes of the same tasks
                     self._write(kind, item)
-                tasks, unwritten = queries.task_step(conn, self.id, self.hostname,
-                                                     free if claim else 0, pids, outcomes)
+                step = queries.task_step(conn, self.id, self.hostname,
+                                         free if claim else 0, pids, outcomes)
         except psycopg.OperationalError:
             self._pids_due = time.monotonic() + 1.0
             self._reconnect()  # nothing was committed: the writes are kept for later
@@ -259,25 +259,16 @@ class Worker:
             self._write_one_by_one()
             return
         self._writes.clear()
-        for task_id in unwritten:
+        for task_id in step.unwritten:
             logger.warning("outcome not written: the task is no longer ours",
                            extra={"task_id": str(task_id)})
         if claim:
-            self._next_poll = time.monotonic() + self.poll_interval
-            self._want_claim = len(tasks) == free  # a full batch: more may be waiting
-            self._start(tasks)  # before any further round trip
-            if not self._want_claim:
-                self._wake_for_scheduled()
-
-    def _wake_for_scheduled(self) -> None:
-        """Idle slots: claim again when the next scheduled task falls due, not later."""
-        assert self._conn is not None
-        try:
-            due = queries.task_next_due(self._conn)
-        except psycopg.OperationalError:
-            return  # the next step reconnects
-        if due is not None:
-            self._next_poll = min(self._next_poll, time.monotonic() + max(due, 0.0) + 0.001)
+            now = time.monotonic()
+            self._next_poll = now + self.poll_interval
+            if step.next_due is not None:  # idle slots: claim again when it falls due
+                self._next_poll = min(self._next_poll, now + max(step.next_due, 0.0) + 0.001)
+            self._want_claim = len(step.claimed) == free  # a full batch: more may be waiting
+            self._start(step.claimed)
 
     def _enqueue_periodic(self) -> None:
         """Queue what periodic tasks are due; look again at the next due period, or sooner:

@@ -114,12 +114,12 @@ def test_a_worker_step_never_scans_the_task_table(conn: psycopg.Connection[Any])
     pgbg.enqueue_many(tasks.add, [[1, 2]] * 200, task_type="t")
     conn.execute("ANALYZE pgbg.task")
     worker_id = uuid.uuid4()
-    claimed, _ = queries.task_step(conn, worker_id, "h", 4, [], [])
+    claimed = queries.task_step(conn, worker_id, "h", 4, [], []).claimed
     with conn.transaction(force_rollback=True):
-        _, unwritten = queries.task_step(
+        unwritten = queries.task_step(
             conn, worker_id, "h", 2, [(t.id, t.attempt, 4242) for t in claimed[2:]],
             [queries.Outcome(t.id, t.attempt, pgbg.TaskStatus.SUCCEEDED, result=3)
-             for t in claimed[:2]])
+             for t in claimed[:2]]).unwritten
         assert unwritten == []
         row = conn.execute("SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables "
                            "WHERE relid = 'pgbg.task'::regclass").fetchone()

@@ -20,7 +20,7 @@ def claim_into_ready(driver: Driver, conn: psycopg.Connection[Any]) -> pgbg.Back
     """Claim the next queued task for this worker while its one slot is busy, as the worker
     does when the running child has reported its outcome but not yet exited."""
     worker = driver.worker
-    [task], _ = queries.task_step(conn, worker.id, worker.hostname, 1, [], [])
+    [task] = queries.task_step(conn, worker.id, worker.hostname, 1, [], []).claimed
     worker._start([task])
     assert [c.task.id for c in worker._ready] == [task.id]  # waiting for the slot
     return task

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from conftest import Driver, count_tasks
 
 import pgbg
+from pgbg import queries
 
 
 def test_a_scheduled_task_waits_and_says_so(make_worker: Callable[..., Driver],
@@ -39,6 +41,22 @@ def test_the_worker_wakes_when_a_task_falls_due(make_worker: Callable[..., Drive
     task = pgbg.get_task(due)
     assert task.started_at is not None and task.run_at is not None
     assert task.started_at >= task.run_at
+
+
+def test_a_step_that_claims_too_few_says_when_the_next_scheduled_task_falls_due(
+        conn: psycopg.Connection[Any]) -> None:
+    """The worker learns when to claim again from the step itself (no round trip between
+    claiming and starting); a step that filled every slot, or claimed nothing, does not ask."""
+    pgbg.enqueue(tasks.add, [1, 2], task_type="t", delay=3600)
+    pgbg.enqueue(tasks.add, [1, 2], task_type="t", delay=7200)
+    ready = [pgbg.enqueue(tasks.add, [3, 4], task_type="t") for _ in range(2)]
+    worker_id = uuid.uuid4()
+    full = queries.task_step(conn, worker_id, "h", 1, [], [])
+    assert len(full.claimed) == 1 and full.next_due is None
+    assert queries.task_step(conn, worker_id, "h", 0, [], []).next_due is None
+    short = queries.task_step(conn, worker_id, "h", 5, [], [])
+    assert {t.id for t in full.claimed + short.claimed} == {r.id for r in ready}
+    assert short.next_due is not None and 3000 < short.next_due <= 3600
 
 
 def test_run_at_and_delay_are_checked(database_url: str, conn: psycopg.Connection[Any]) -> None:
