@@ -218,9 +218,10 @@ def _new_ids(n: int) -> list[int]:
 
 
 def _each_call(values: Sequence[Any], check: Callable[[object], Any],
-               ready: tuple[type, ...]) -> Sequence[Any]:
+               ready: tuple[type, ...]) -> list[Any]:
     """Each call's ``args`` (or ``kwargs``) checked for shape, the failing call named; a
     list of lists and tuples is JSON-ready as it is, and is recognised in one pass of C."""
+    values = list(values)  # any sequence (a deque cannot be sliced into batches)
     if ready and set(map(type, values)) <= set(ready):
         return values
     checked = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
 import uuid
 from collections.abc import Callable
@@ -39,6 +40,14 @@ def test_enqueue_many_with_kwargs_runs(make_worker: Callable[..., Driver]) -> No
     make_worker(2).until_done(*results)
     assert [r.get(timeout=1) for r in results] == [
         {"args": [1], "kwargs": {"k": "a"}}, {"args": [2], "kwargs": {"k": "b"}}]
+
+
+def test_enqueue_many_takes_any_sequence(conn: psycopg.Connection[Any]) -> None:
+    results = pgbg.enqueue_many(tasks.echo, collections.deque([(1,), [2]]),
+                                collections.deque([{"k": "a"}, {}]), task_type="bulk")
+    rows = conn.execute("SELECT id, args, kwargs FROM pgbg.task").fetchall()
+    assert sorted(rows, key=lambda row: [r.id for r in results].index(row[0])) == [
+        (results[0].id, [1], {"k": "a"}), (results[1].id, [2], {})]
 
 
 def test_enqueue_many_refuses_everything_for_one_bad_call(
