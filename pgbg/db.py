@@ -33,6 +33,8 @@ _shared: psycopg.Connection[Any] | None = None
 _shared_pid: int | None = None
 _inherited: list[Any] = []  # connections a forked child must keep but never touch
 _idle: list[psycopg.Connection[Any]] = []  # this process's spare connections (``waiting``)
+# Its own lock: a wait must not queue behind another thread's use of the shared connection.
+_idle_lock = threading.Lock()
 MAX_IDLE = 4
 
 
@@ -56,6 +58,7 @@ def configure(url: str | None = None, *, engine: Engine | None = None,
         _explicit_url = libpq_url(url) if url else None
         _resolved_url = None
         _drop_shared()
+    with _idle_lock:
         while _idle:  # connections to the database configured before
             _idle.pop().close()
 
@@ -138,7 +141,7 @@ def waiting_connection() -> Iterator[psycopg.Connection[Any]]:
     left idle by an earlier user, else a new one. Given back after ``UNLISTEN *`` (an
     idle connection must not collect notifications nobody reads: the server's queue
     would grow behind it), closed instead if it broke or is one too many."""
-    with _lock:
+    with _idle_lock:
         conn = _idle.pop() if _idle else None
     conn = conn or connect()
     try:
@@ -155,7 +158,7 @@ def _give_back(conn: psycopg.Connection[Any]) -> None:
             conn.execute("UNLISTEN *")
         except psycopg.Error:
             healthy = False
-    with _lock:
+    with _idle_lock:
         if healthy and len(_idle) < MAX_IDLE:
             _idle.append(conn)
             return
@@ -183,8 +186,8 @@ def shared_connection() -> Iterator[psycopg.Connection[Any]]:
 
 
 def _after_fork_in_child() -> None:
-    global _shared, _shared_pid, _lock
-    _lock = threading.Lock()
+    global _shared, _shared_pid, _lock, _idle_lock
+    _lock, _idle_lock = threading.Lock(), threading.Lock()
     if _shared is not None:
         _inherited.append(_shared)
     _shared, _shared_pid = None, None

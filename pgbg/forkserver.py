@@ -228,39 +228,19 @@ class Spare:
 
     def read_reports(self) -> list[dict[str, Any]]:
         """The messages that have arrived, without blocking (end of file closes the pipe)."""
-        chunks = []
-        while self.report_fd >= 0:
-            try:
-                chunk = os.read(self.report_fd, 65536)
-            except BlockingIOError:
-                break
-            if not chunk:
-                self.report_fd = self._close(self.report_fd)
-                break
-            chunks.append(chunk)
-        lines = (self.partial + b"".join(chunks)).split(b"\n")
+        data, self.report_fd = self._read_available(self.report_fd)
+        lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()
         return [json.loads(line) for line in lines]
 
     def read_output(self, limit: int) -> list[str]:
         """What the task printed since the last call, up to ``limit`` bytes in all; the
         rest is counted for ``truncation_note``."""
-        texts = []
-        while self.out_fd >= 0:
-            try:
-                chunk = os.read(self.out_fd, 65536)
-            except BlockingIOError:
-                break
-            if not chunk:
-                self.out_fd = self._close(self.out_fd)
-                break
-            room = max(0, limit - self.out_kept)
-            if room:
-                kept = chunk[:room]
-                self.out_kept += len(kept)
-                texts.append(kept.decode("utf-8", "replace"))
-            self.out_dropped += len(chunk) - min(room, len(chunk))
-        return texts
+        data, self.out_fd = self._read_available(self.out_fd)
+        kept = data[:max(0, limit - self.out_kept)]
+        self.out_kept += len(kept)
+        self.out_dropped += len(data) - len(kept)
+        return [kept.decode("utf-8", "replace")] if kept else []
 
     def truncation_note(self, limit: int) -> str | None:
         """How much output was not kept, once per batch dropped since the last note."""
@@ -288,6 +268,20 @@ class Spare:
         self.task_fd, self.report_fd, self.out_fd, self.pidfd = (
             self._close(fd) if fd >= 0 else -1
             for fd in (self.task_fd, self.report_fd, self.out_fd, self.pidfd))
+
+    def _read_available(self, fd: int) -> tuple[bytes, int]:
+        """What ``fd`` (non-blocking) holds now, and ``fd``, or -1 if end of file closed it."""
+        chunks = []
+        while fd >= 0:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                fd = self._close(fd)
+                break
+            chunks.append(chunk)
+        return b"".join(chunks), fd
 
     def _close(self, fd: int) -> int:
         if self.selector is not None and fd in self.selector.get_map():

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import random
+import resource
 import selectors
 import signal
 import socket
@@ -623,8 +624,6 @@ def _make_room_for_descriptors(concurrency: int) -> None:
     """Raise the soft limit on open files to what ``concurrency`` children need (each
     holds three descriptors here, a spare four, and the fork server inherits the limit),
     never above the hard limit and never lower than it was."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 8 * concurrency + 128
     if soft == resource.RLIM_INFINITY or soft >= want:

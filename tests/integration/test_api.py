@@ -65,6 +65,17 @@ def test_wait_task_unknown_and_malformed_ids(database_url: str) -> None:
         pgbg.wait_task("12345", timeout=1)
 
 
+def test_a_wait_does_not_queue_behind_the_shared_connection(database_url: str) -> None:
+    """wait_task's connections have a lock of their own: a wait started while the shared
+    connection is in use (here by the same thread, which would deadlock) goes ahead."""
+    from pgbg import db
+
+    result = pgbg.run_in_background(tasks.add, "t", 1, 1)
+    with db.shared_connection():
+        with pytest.raises(TimeoutError):
+            pgbg.wait_task(result, timeout=0.05)
+
+
 def test_wait_task_reuses_a_connection_that_listens_only_while_waiting(
         database_url: str, conn: psycopg.Connection[Any]) -> None:
     from pgbg import db, notify

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import pgbg_test_tasks as tasks
 import psycopg
 import pytest
-from conftest import Driver
+from conftest import Driver, wait_for
 
 import pgbg
 from pgbg import forkserver, queries
@@ -168,14 +167,6 @@ def test_a_dead_fork_server_fails_its_tasks_and_is_replaced(
     assert pgbg.get_task(after).result == 5
 
 
-def _wait_reaped(server: int, pids: list[int], timeout: float = 10.0) -> None:
-    """Wait (without stepping any worker) until the fork server has reaped ``pids``."""
-    deadline = time.monotonic() + timeout
-    while set(_spares(server)) & set(pids):
-        assert time.monotonic() < deadline, "the fork server did not reap its spares"
-        time.sleep(0.01)
-
-
 def _spares(server: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{server}/task/{server}/children").read_text().split()]
 
@@ -205,7 +196,8 @@ def test_a_spare_that_dies_waiting_is_replaced(make_worker: Callable[..., Driver
     for pid in killed:
         os.kill(pid, signal.SIGKILL)
     # Reaped, but the worker has not read so yet: it must not start a task in them.
-    _wait_reaped(server, killed)
+    wait_for(lambda: not set(_spares(server)) & set(killed), interval=0.01,
+             message="the fork server to reap the killed spares")  # no worker step meanwhile
     driver.worker._want_claim = True  # claims before it reads the fork server's news
     results = [pgbg.run_in_background(tasks.add, "t", i, 1) for i in range(4)]
     driver.until_done(*results)

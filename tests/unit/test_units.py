@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pgbg_test_tasks as tasks
@@ -107,7 +108,7 @@ def test_a_spares_rehearsal_runs_nothing_and_reports_nothing(
     monkeypatch.setattr(child.context, "report", sent.append)
     child._rehearse()
     assert sent == [] and pgbg.get_current_task() is None
-    assert child._call(child.json.loads(child.REHEARSAL)) == (
+    assert child._call(json.loads(child.REHEARSAL)) == (
         {"kind": "outcome", "status": "succeeded", "result": None}, 0)
 
 
