@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import resource
 import selectors
 import signal
@@ -29,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from pgbg import children, db, notify, periodic, queries
+from pgbg import children, db, decisions, notify, periodic, queries
 from pgbg.children import Child
 from pgbg.exceptions import DatabaseUnavailable, InvalidOption
 from pgbg.models import TERMINAL_STATUSES, BackgroundTask, TaskStatus
@@ -38,7 +37,6 @@ from pgbg.queries import Outcome
 logger = logging.getLogger(__name__)
 RETENTION_BATCH = 1000  # finished tasks purged per heartbeat when retention is set
 TERMINAL = [s.value for s in TERMINAL_STATUSES]
-MAX_BACKOFF = 3600.0  # seconds: the longest a retry waits
 PID_DELAY = 0.05  # seconds a recorded pid may wait for a commit to share
 PERIODIC_RECHECK = 60.0  # seconds between looks at periodic tasks when none falls due sooner
 FORKSERVER_LOST = "the worker's fork server died while the task ran"
@@ -291,16 +289,9 @@ class Worker:
             recheck = min(recheck, (tick.next_due - tick.now).total_seconds())
         self._next_periodic = time.monotonic() + max(recheck, 0.0) + 0.001
 
-    def _allowed(self, func: str) -> bool:
-        if self.allow is None:
-            return True
-        module = func.partition(":")[0]
-        return any(module == prefix or module.startswith(prefix.rstrip(".") + ".")
-                   for prefix in self.allow)
-
     def _start(self, tasks: list[BackgroundTask]) -> None:
         for task in tasks:
-            if not self._allowed(task.func):
+            if not decisions.allowed(task.func, self.allow):
                 self._writes.append(("outcome", Outcome(
                     task.id, task.attempt, TaskStatus.FAILED,
                     error=f"not allowed: {task.func} is outside this worker's allowed "
@@ -395,19 +386,10 @@ class Worker:
             self._writes.append(("related", (running.task.id, message["link_kind"],
                                              message["key"])))
 
-    def _retry_delay(self, running: Child, outcome: Outcome) -> float | None:
-        """Seconds until a failed attempt runs again, or None: no retry. Never after the
-        task recorded its own failure, nor after a termination someone asked for."""
-        task = running.task
-        if (outcome.status is not TaskStatus.FAILED or running.error_exit
-                or task.attempt >= task.max_attempts):
-            return None
-        if task.retry_on is not None:
-            raised = (running.report or {}).get("exception_types") or []
-            if not set(raised) & set(task.retry_on):
-                return None
-        base = self.retry_backoff if task.retry_backoff is None else task.retry_backoff
-        return float(min(MAX_BACKOFF, base * 2 ** (task.attempt - 1) * random.uniform(0.5, 1.5)))
+    def _retry_delay(self, running: Child, ended: Outcome) -> float | None:
+        raised = (running.report or {}).get("exception_types") or []
+        return decisions.retry_delay(running.task, ended, error_exit=running.error_exit,
+                                     raised=raised, default_backoff=self.retry_backoff)
 
     # -- killing -------------------------------------------------------------------
 
@@ -636,23 +618,6 @@ def _make_room_for_descriptors(concurrency: int) -> None:
 
 
 def _outcome(running: Child, code: int | None, sig: int | None) -> Outcome:
-    """How the task ended: from its exit code or signal, and its own report if it made one."""
-    task = running.task
-    if running.killed_by_worker is not None:
-        return Outcome(task.id, task.attempt, running.kill_status,
-                       error=running.killed_by_worker, exit_code=code, signal=sig)
-    report = running.report
-    if report:
-        return Outcome(task.id, task.attempt, TaskStatus(report["status"]),
-                       result=report.get("result"), error=report.get("error"), exit_code=code,
-                       signal=sig, error_exit_recorded=running.error_exit)
-    # No report: the child was killed, or left through os._exit before reporting.
-    if sig is not None:
-        error = f"killed by signal {signal.Signals(sig).name}"
-        return Outcome(task.id, task.attempt, TaskStatus.FAILED, error=error, signal=sig,
-                       error_exit_recorded=running.error_exit)
-    if code == 0:
-        return Outcome(task.id, task.attempt, TaskStatus.SUCCEEDED, exit_code=0,
-                       error_exit_recorded=running.error_exit)
-    return Outcome(task.id, task.attempt, TaskStatus.FAILED, error=f"exited with code {code}",
-                   exit_code=code, error_exit_recorded=running.error_exit)
+    return decisions.outcome(running.task, killed_by=running.killed_by_worker,
+                             kill_status=running.kill_status, report=running.report,
+                             error_exit=running.error_exit, code=code, sig=sig)

@@ -1,0 +1,66 @@
+"""What the worker decides about a task, as pure functions: no I/O, no clock of their own.
+
+How an attempt ended (from the worker's kill, the child's report, or its exit status),
+whether and when a failed attempt runs again, and whether this worker may run a function
+at all. The worker loop calls these; their tests need neither a database nor a fork.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pgbg.models import BackgroundTask, TaskStatus
+from pgbg.queries import Outcome
+
+MAX_BACKOFF = 3600.0  # seconds: the longest a retry waits
+
+
+def allowed(func: str, allow: Sequence[str] | None) -> bool:
+    """May a worker limited to the module prefixes ``allow`` (None: any) run ``func``?"""
+    if allow is None:
+        return True
+    module = func.partition(":")[0]
+    return any(module == prefix or module.startswith(prefix.rstrip(".") + ".")
+               for prefix in allow)
+
+
+def outcome(task: BackgroundTask, *, killed_by: str | None, kill_status: TaskStatus,
+            report: dict[str, Any] | None, error_exit: bool, code: int | None,
+            sig: int | None) -> Outcome:
+    """How the attempt ended: the worker's kill first, then the child's own report, then
+    its exit code or signal."""
+    if killed_by is not None:
+        return Outcome(task.id, task.attempt, kill_status, error=killed_by, exit_code=code,
+                       signal=sig)
+    if report:
+        return Outcome(task.id, task.attempt, TaskStatus(report["status"]),
+                       result=report.get("result"), error=report.get("error"), exit_code=code,
+                       signal=sig, error_exit_recorded=error_exit)
+    # No report: the child was killed, or left through os._exit before reporting.
+    if sig is not None:
+        error = f"killed by signal {signal.Signals(sig).name}"
+        return Outcome(task.id, task.attempt, TaskStatus.FAILED, error=error, signal=sig,
+                       error_exit_recorded=error_exit)
+    if code == 0:
+        return Outcome(task.id, task.attempt, TaskStatus.SUCCEEDED, exit_code=0,
+                       error_exit_recorded=error_exit)
+    return Outcome(task.id, task.attempt, TaskStatus.FAILED, error=f"exited with code {code}",
+                   exit_code=code, error_exit_recorded=error_exit)
+
+
+def retry_delay(task: BackgroundTask, ended: Outcome, *, error_exit: bool,
+                raised: Sequence[str], default_backoff: float,
+                jitter: Callable[[float, float], float] = random.uniform) -> float | None:
+    """Seconds until a failed attempt runs again, or None: no retry. Never after the task
+    recorded its own failure, nor after a termination someone asked for. ``raised``: the
+    exception classes the attempt raised (``retry_on`` matches any of them)."""
+    if (ended.status is not TaskStatus.FAILED or error_exit
+            or task.attempt >= task.max_attempts):
+        return None
+    if task.retry_on is not None and not set(raised) & set(task.retry_on):
+        return None
+    base = default_backoff if task.retry_backoff is None else task.retry_backoff
+    return float(min(MAX_BACKOFF, base * 2 ** (task.attempt - 1) * jitter(0.5, 1.5)))
