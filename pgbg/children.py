@@ -11,30 +11,12 @@ from __future__ import annotations
 
 import logging
 import selectors
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from pgbg import forkserver
-from pgbg.models import BackgroundTask, TaskStatus
+from pgbg.attempts import Attempt
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Child:
-    """A claimed task, from claim (waiting for a slot) until its process is reaped."""
-
-    task: BackgroundTask
-    pid: int | None = None  # known once it is handed to a spare
-    process: forkserver.Spare | None = None  # the spare it runs in, once started
-    gone: bool = False  # its process has exited (its slot is free; reaped or not)
-    deadline: float | None = None  # when its time limit runs out (monotonic)
-    killed_by_worker: str | None = None  # why the worker killed it, if it did
-    kill_status: TaskStatus = TaskStatus.TERMINATED  # what a kill is recorded as
-    kill_at: float | None = None  # when SIGTERM escalates to SIGKILL
-    error_exit: bool = False  # the task recorded its own failure
-    report: dict[str, Any] | None = None  # the child's own account of how it ended
-    written: bool = False  # its outcome is written (from the report, before it exited)
 
 
 class Event(NamedTuple):
@@ -44,7 +26,7 @@ class Event(NamedTuple):
     the fork server, which has been restarted; no longer in ``running``)."""
 
     kind: str
-    child: Child
+    child: Attempt
     value: Any = None
 
 
@@ -54,20 +36,17 @@ class Children:
     def __init__(self, selector: selectors.BaseSelector, output_limit: int) -> None:
         self.selector = selector
         self.output_limit = output_limit  # bytes of each task's stdout/stderr kept
-        self.running: dict[str, Child] = {}  # by task id: handed to a spare, until reaped
+        self.running: dict[int, Attempt] = {}  # by pid: handed to a spare, until reaped
         self._client: forkserver.Client | None = None
         self._database_url = ""
         self._spares: list[forkserver.Spare] = []  # forked, waiting for a task
         self._preloaded: set[str] = set()  # task modules the fork server has imported
         self._generation = 0  # preloads asked for: older spares lack the latest
+        self._lease_until: float | None = None  # monotonic; see ``lease``
 
     @property
     def server_pid(self) -> int | None:
         return self._client.process.pid if self._client else None
-
-    def live(self) -> int:
-        """Children whose process has not exited: the slots in use."""
-        return sum(not c.gone for c in self.running.values())
 
     def open(self, database_url: str) -> None:
         self._database_url = database_url
@@ -75,6 +54,8 @@ class Children:
         self.selector.register(self._client.fileno(), selectors.EVENT_READ, "events")
         self._preloaded.clear()
         self._generation = 0
+        if self._lease_until is not None:
+            self._client.lease(self._lease_until)
 
     def close(self) -> None:
         """Stop the fork server: whatever still runs is killed, spares exit."""
@@ -86,9 +67,9 @@ class Children:
             spare.close()
         self._spares.clear()
 
-    def start(self, child: Child) -> bool:
-        """Write ``child``'s task into a spare; False if no spare is ready yet (they are
-        announced to ``handle``: try again after it)."""
+    def start(self, child: Attempt) -> forkserver.Spare | None:
+        """Write ``child``'s task into a spare and return it; None if no spare is ready yet
+        (they are announced to ``handle``: try again after it)."""
         assert self._client is not None
         while self._spares:
             spare = self._spares.pop(0)
@@ -96,10 +77,9 @@ class Children:
                 break
             spare.close()  # it died waiting (its exit is reported, and ignored)
         else:
-            return False
+            return None
         self._client.used(spare.pid)
-        child.process, child.pid = spare, spare.pid
-        self.running[str(child.task.id)] = child
+        self.running[spare.pid] = child
         spare.watch(self.selector, child)
         module = child.task.func.partition(":")[0]
         if module not in self._preloaded:  # later children start with it imported
@@ -109,9 +89,16 @@ class Children:
             for old in self._spares:
                 old.close()
             self._spares.clear()
-        return True
+        return spare
 
-    def signal(self, child: Child, sig: int) -> None:
+    def lease(self, until: float) -> None:
+        """The fork server kills every task's process group at ``until`` (monotonic clock)
+        unless told a later time before then."""
+        self._lease_until = until
+        if self._client is not None:
+            self._client.lease(until)
+
+    def signal(self, child: Attempt, sig: int) -> None:
         """Signal the task's process group, through the process that forked (and so
         alone reaps) it: a pid it has not reaped cannot have been reused."""
         assert self._client is not None and child.pid is not None
@@ -156,19 +143,17 @@ class Children:
             elif item["ev"] == "exited":
                 self._reaped(item["pid"], item["status"], events)
 
-    def _gone(self, child: Child, events: list[Event]) -> None:
+    def _gone(self, child: Attempt, events: list[Event]) -> None:
         """Its process has exited: its last words are in its pipes, its slot is free."""
-        if child.gone:
-            return
-        child.gone = True
-        assert child.process is not None
+        if child.process is None or child.process.pidfd < 0:
+            return  # seen already
         child.process.exited()
         self._read_reports(child, events)
         events.append(Event("gone", child))
 
     def _reaped(self, pid: int, status: int, events: list[Event]) -> None:
         """The fork server reaped ``pid``: a task's child, or a spare that died waiting."""
-        child = next((c for c in self.running.values() if c.pid == pid), None)
+        child = self.running.get(pid)
         if child is None:
             for spare in [s for s in self._spares if s.pid == pid]:
                 spare.close()
@@ -178,17 +163,17 @@ class Children:
         self._read_output(child, events, final=True)  # its group is dead: the rest
         assert child.process is not None
         child.process.close()
-        del self.running[str(child.task.id)]
+        del self.running[pid]
         events.append(Event("exited", child, status))
 
-    def _read_reports(self, child: Child, events: list[Event]) -> None:
+    def _read_reports(self, child: Attempt, events: list[Event]) -> None:
         assert child.process is not None
         for message in child.process.read_reports():
             if message.get("kind") == "outcome":
                 self._read_output(child, events, final=True)  # printed, then how it ended
             events.append(Event("message", child, message))
 
-    def _read_output(self, child: Child, events: list[Event], final: bool = False) -> None:
+    def _read_output(self, child: Attempt, events: list[Event], final: bool = False) -> None:
         """What the task printed; ``final``: and a note of what the output limit dropped."""
         process = child.process
         assert process is not None

@@ -13,7 +13,11 @@ imported here once, so every later child starts with them loaded.
 Protocol: one JSON object per datagram of a ``SOCK_SEQPACKET`` socket. From the worker:
 ``{"op": "used", "pid"}`` (a spare was given a task: fork another),
 ``{"op": "signal", "pid", "sig"}`` (honoured only for a child given a task),
-``{"op": "preload", "module"}`` (import it; the spares forked before are retired).
+``{"op": "preload", "module"}`` (import it; the spares forked before are retired),
+``{"op": "lease", "until"}`` (a ``time.monotonic()`` time: kill every child given a task
+then, unless a later lease arrives first — the worker's lease in the database lapses
+soon after, and its tasks must not run beside their recovered attempts even when the
+worker itself is stuck).
 To the worker: ``{"ev": "spare", "pid", "generation"}`` with four descriptors — the
 task pipe's write end, the report and output pipes' read ends, a pidfd — and
 ``{"ev": "exited", "pid", "status"}`` (the wait status) for every child reaped. End of file
@@ -33,6 +37,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -62,6 +67,7 @@ class Server:
     outgoing: deque[tuple[bytes, list[int]]] = field(default_factory=deque)
     generation: int = 0  # preloads done: a spare forked before the last one lacks it
     accepting: bool = True
+    lease_until: float | None = None  # monotonic: kill the tasks' children then
 
     def serve(self) -> None:
         gc.freeze()
@@ -69,7 +75,7 @@ class Server:
         self.selector.register(self.sock, selectors.EVENT_READ, "sock")
         while self.accepting or self.children:
             short = self.accepting and self.spare_count() < self.spares
-            ready = self.selector.select(0 if short else None)
+            ready = self.selector.select(0 if short else self.until_lease())
             for key, mask in ready:
                 if key.data == "sock":
                     if mask & selectors.EVENT_WRITE:
@@ -80,6 +86,16 @@ class Server:
                     self.reap(key.data)
             if short and not ready:  # nothing else waits: fork one, then look again
                 self.fork_spare()
+            if self.lease_until is not None and time.monotonic() >= self.lease_until:
+                self.lease_until = None
+                for forked in self.children.values():
+                    if not forked.spare:
+                        _kill(forked.pid, signal.SIGKILL)
+
+    def until_lease(self) -> float | None:
+        if self.lease_until is None:
+            return None
+        return max(0.0, self.lease_until - time.monotonic())
 
     def spare_count(self) -> int:
         return sum(1 for forked in self.children.values() if forked.spare)
@@ -126,6 +142,8 @@ class Server:
                 forked.spare = False
             elif command["op"] == "signal" and forked is not None and not forked.spare:
                 _kill(forked.pid, command["sig"])
+            elif command["op"] == "lease":
+                self.lease_until = float(command["until"])
             elif command["op"] == "preload":
                 with contextlib.suppress(Exception):  # the child reports the error properly
                     importlib.import_module(command["module"])
@@ -315,6 +333,9 @@ class Client:
 
     def signal(self, pid: int, sig: int) -> None:
         self._send({"op": "signal", "pid": pid, "sig": sig})
+
+    def lease(self, until: float) -> None:
+        self._send({"op": "lease", "until": until})
 
     def preload(self, module: str) -> None:
         self._send({"op": "preload", "module": module})

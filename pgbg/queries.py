@@ -34,6 +34,12 @@ def _task(row: Mapping[str, Any]) -> BackgroundTask:
 
 UNIQUE_LIVE = ("unique_key IS NOT NULL AND (status = 'queued' OR "
                "(status = 'running' AND unique_running))")
+# A task of ``t`` cannot go back to the queue: another live task holds its unique_key (it
+# ran with unique_while_running=False and a successor was queued meanwhile).
+KEY_TAKEN = """(t.unique_key IS NOT NULL AND EXISTS (
+    SELECT 1 FROM pgbg.task o WHERE o.unique_key = t.unique_key AND o.id <> t.id
+       AND (o.status = 'queued' OR (o.status = 'running' AND o.unique_running))))"""
+SUPERSEDED = "a newer task with the same unique_key is queued: this one is not queued again"
 
 TASK_INSERT = """
 WITH inserted AS (
@@ -232,18 +238,33 @@ def task_record_error_exit(conn: psycopg.Connection[Any], task: BackgroundTask,
 def task_retry_later(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
                      task: BackgroundTask, error: str, delay: float) -> bool:
     """Queue a failed attempt again, due after ``delay`` seconds (fenced like an outcome);
-    the attempt's error goes to the task's log."""
+    the attempt's error goes to the task's log. If a successor holds the task's
+    unique_key, the task fails instead (saying so): it cannot be queued beside it."""
     row = conn.execute(
         """WITH again AS (
-               UPDATE pgbg.task
-                  SET status = 'queued', run_at = clock_timestamp() + make_interval(secs => %s),
-                      error = %s, pid = NULL, started_at = NULL
-                WHERE id = %s AND worker_id = %s AND attempt = %s AND status = 'running'
-            RETURNING id)
-           SELECT pg_notify(%s, '') FROM again""",
-        (delay, error, task.id, worker_id, task.attempt, notify.QUEUED),
+               UPDATE pgbg.task t
+                  SET status = CASE WHEN """ + KEY_TAKEN + """ THEN 'failed'::pgbg.task_status
+                                    ELSE 'queued'::pgbg.task_status END,
+                      finished_at = CASE WHEN """ + KEY_TAKEN + """ THEN clock_timestamp() END,
+                      run_at = clock_timestamp() + make_interval(secs => %(delay)s),
+                      error = CASE WHEN """ + KEY_TAKEN + """
+                                   THEN %(error)s || E'\n' || %(superseded)s
+                                   ELSE %(error)s END,
+                      pid = CASE WHEN """ + KEY_TAKEN + """ THEN t.pid END,
+                      started_at = CASE WHEN """ + KEY_TAKEN + """ THEN t.started_at END
+                WHERE id = %(id)s AND worker_id = %(worker)s AND attempt = %(attempt)s
+                  AND status = 'running'
+            RETURNING id, status)
+           SELECT status::text, pg_notify(CASE WHEN status = 'queued' THEN %(queued)s
+                                               ELSE %(done)s END,
+                                          CASE WHEN status = 'queued' THEN ''
+                                               ELSE id::text END)
+             FROM again""",
+        {"delay": delay, "error": error, "superseded": SUPERSEDED, "id": task.id,
+         "worker": worker_id, "attempt": task.attempt, "queued": notify.QUEUED,
+         "done": notify.DONE},
     ).fetchone()
-    if row:
+    if row and row[0] == TaskStatus.QUEUED:
         task_log_insert(conn, task.id, "error", f"attempt {task.attempt} failed; retrying in "
                                                  f"{delay:.1f}s:\n{error}")
     return row is not None
@@ -306,21 +327,28 @@ def task_list_owned(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
 
 
 def task_release_unstarted(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
-                           started: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-    """Re-queue the tasks claimed for this worker that it has not started (a claim whose
-    reply was lost with the connection; claimed ahead when the worker stops) and wake the
-    workers. The attempt never ran, so it is undone."""
+                           known: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """Re-queue the tasks claimed for this worker that it does not hold (a claim whose
+    reply was lost with the connection, or that committed after it; claimed ahead when
+    the worker stops) and wake the workers. The attempt never ran, so it is undone; one
+    whose unique_key a successor took meanwhile is cancelled instead."""
     rows = conn.execute(
         """WITH released AS (
-               UPDATE pgbg.task SET status = 'queued', attempt = attempt - 1, worker_id = NULL,
-                      hostname = NULL, started_at = NULL
-                WHERE worker_id = %s AND status = 'running' AND id <> ALL(%s::uuid[])
-            RETURNING id
+               UPDATE pgbg.task t
+                  SET status = CASE WHEN """ + KEY_TAKEN + """ THEN 'cancelled'::pgbg.task_status
+                                    ELSE 'queued'::pgbg.task_status END,
+                      finished_at = CASE WHEN """ + KEY_TAKEN + """ THEN clock_timestamp() END,
+                      error = CASE WHEN """ + KEY_TAKEN + """ THEN %(superseded)s END,
+                      attempt = attempt - 1, worker_id = NULL, hostname = NULL,
+                      started_at = NULL, pid = NULL
+                WHERE worker_id = %(worker)s AND status = 'running' AND id <> ALL(%(known)s)
+            RETURNING id, status
            ), notified AS (
-               SELECT pg_notify(%s, '') WHERE EXISTS (SELECT 1 FROM released)
+               SELECT pg_notify(%(queued)s, '') WHERE EXISTS (SELECT 1 FROM released)
            )
            SELECT id FROM released, (SELECT count(*) FROM notified) n""",
-        (worker_id, list(started), notify.QUEUED),
+        {"worker": worker_id, "known": list(known), "queued": notify.QUEUED,
+         "superseded": SUPERSEDED},
     ).fetchall()
     return [row[0] for row in rows]
 
@@ -348,14 +376,17 @@ def task_recover_lost(conn: psycopg.Connection[Any],
                     FOR UPDATE SKIP LOCKED
                )
                UPDATE pgbg.task t
-                  SET status = CASE WHEN attempt < max_attempts THEN 'queued'::pgbg.task_status
+                  SET status = CASE WHEN attempt < max_attempts AND NOT """ + KEY_TAKEN + """
+                                    THEN 'queued'::pgbg.task_status
                                     ELSE 'failed'::pgbg.task_status END,
-                      error = %(error)s,
-                      finished_at = CASE WHEN attempt < max_attempts THEN NULL
-                                         ELSE clock_timestamp() END
+                      error = CASE WHEN attempt < max_attempts AND """ + KEY_TAKEN + """
+                                   THEN %(error)s || E'\n' || %(superseded)s
+                                   ELSE %(error)s END,
+                      finished_at = CASE WHEN attempt < max_attempts AND NOT """ + KEY_TAKEN + """
+                                         THEN NULL ELSE clock_timestamp() END
                  FROM lost WHERE t.id = lost.id
                RETURNING t.id, t.status::text, t.attempt""",
-            {"lease": lease_seconds, "error": WORKER_LOST},
+            {"lease": lease_seconds, "error": WORKER_LOST, "superseded": SUPERSEDED},
         ).fetchall()
         for task_id, status, attempt in rows:
             task_log_insert(conn, task_id, "error", f"attempt {attempt}: {WORKER_LOST}")

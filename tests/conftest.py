@@ -225,3 +225,50 @@ def worker_process(database_url: str) -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for process in started:
         process.stop()
+
+
+class TcpProxy:
+    """A TCP proxy process between a worker and the database (tests/pgbg_tcp_proxy.py):
+    ``url`` goes through it; ``cut()`` closes its connections, ``freeze()`` stalls them
+    like a network that silently stopped, ``thaw()`` lets them go on."""
+
+    def __init__(self, database_url: str, workdir: Path) -> None:
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = conninfo_to_dict(database_url)
+        host, port = str(params.get("host") or "/tmp"), str(params.get("port") or 5432)
+        upstream = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else f"{host}:{port}"
+        portfile = workdir / "proxy.port"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(TESTS_DIR / "pgbg_tcp_proxy.py"), str(portfile), upstream],
+            stdin=subprocess.DEVNULL)
+        listening = wait_for(lambda: portfile.exists() and portfile.read_text(),
+                             message="the proxy to listen")
+        user = params.get("user") or "postgres"
+        self.url = f"postgresql://{user}@127.0.0.1:{listening}/{params['dbname']}"
+        self.frozen = False
+
+    def cut(self) -> None:
+        self.proc.send_signal(signal.SIGUSR1)
+
+    def freeze(self) -> None:
+        if not self.frozen:
+            self.frozen = True
+            self.proc.send_signal(signal.SIGUSR2)
+
+    def thaw(self) -> None:
+        if self.frozen:
+            self.frozen = False
+            self.proc.send_signal(signal.SIGUSR2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def tcp_proxy(database_url: str, tmp_path: Path) -> Iterator[TcpProxy]:
+    proxy = TcpProxy(database_url, tmp_path)
+    yield proxy
+    proxy.stop()

@@ -144,3 +144,47 @@ def print_lots(megabytes: int) -> int:
     for _ in range(megabytes * 1024):
         sys.stdout.write(line)
     return megabytes
+
+
+def append_when(release: str, ledger: str, value: str) -> str:
+    """Wait for ``release`` to exist, then append one line to ``ledger`` and return
+    ``value``: how many times the function ran is the number of lines."""
+    while not Path(release).exists():
+        time.sleep(0.01)
+    with open(ledger, "a") as out:
+        out.write(f"{value} {os.getpid()}\n")
+    return value
+
+
+UNSTORABLE = {"nul": "a\x00b", "surrogate": "x\ud800y"}
+
+
+def unstorable_error(kind: str) -> None:
+    """Fail with an exception whose message PostgreSQL's text cannot hold as it is (made
+    here: such text cannot be queued as an argument)."""
+    text = UNSTORABLE[kind]
+    pgbg.record_task_info(f"info {text}")
+    if kind == "nul":  # (a lone surrogate cannot be printed: UTF-8 has no bytes for it)
+        print(f"printed {text}", flush=True)
+    raise ValueError(f"message {text}")
+
+
+def exclusive_until(release: str, lockfile: str, ledger: str) -> int:
+    """Hold an exclusive lock on ``lockfile`` while running (until ``release`` exists),
+    noting in ``ledger`` each start, each end, and an overlap: another process of the
+    same task still running when this one started."""
+    import fcntl
+
+    with open(lockfile, "a") as lock, open(ledger, "a") as out:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            out.write(f"overlap {os.getpid()}\n")
+            out.flush()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        out.write(f"start {os.getpid()}\n")
+        out.flush()
+        while not Path(release).exists():
+            time.sleep(0.01)
+        out.write(f"end {os.getpid()}\n")
+    return os.getpid()

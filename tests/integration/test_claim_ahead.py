@@ -14,6 +14,7 @@ from conftest import Driver
 
 import pgbg
 from pgbg import queries
+from pgbg.attempts import Phase
 
 
 def claim_into_ready(driver: Driver, conn: psycopg.Connection[Any]) -> pgbg.BackgroundTask:
@@ -21,8 +22,9 @@ def claim_into_ready(driver: Driver, conn: psycopg.Connection[Any]) -> pgbg.Back
     does when the running child has reported its outcome but not yet exited."""
     worker = driver.worker
     [task] = queries.task_step(conn, worker.id, worker.hostname, 1, [], []).claimed
-    worker._start([task])
-    assert [c.task.id for c in worker._ready] == [task.id]  # waiting for the slot
+    worker._claimed([task])
+    waiting = worker._ledger.in_phase(Phase.WAITING)
+    assert [a.task.id for a in waiting] == [task.id]  # waiting for the slot
     return task
 
 

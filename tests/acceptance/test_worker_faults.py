@@ -1,0 +1,193 @@
+"""Faults between two steps of a real worker: its backend terminated while an outcome
+waits on a lock, a task recovered from under it, rows that collide when put back."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pgbg_test_tasks as tasks
+import psycopg
+from conftest import Driver, TcpProxy, WorkerProcess, wait_for
+
+import pgbg
+from pgbg import queries
+
+WORKER_BACKENDS = """SELECT pid FROM pg_stat_activity
+                      WHERE application_name LIKE 'pgbg worker%' AND wait_event_type = 'Lock'"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_an_outcome_held_up_by_a_lock_survives_a_reconnect(
+        worker_process: Callable[..., WorkerProcess], database_url: str, tmp_path: Path,
+        conn: psycopg.Connection[Any]) -> None:
+    """The child has exited and been reaped, its outcome waits on a lock; the worker's
+    backend is terminated, again and again: the task must not go back to the queue."""
+    release, ledger = tmp_path / "release", tmp_path / "ledger"
+    result = pgbg.run_in_background(tasks.append_when, "t", str(release), str(ledger), "first")
+    worker_process(1, "--heartbeat-interval", "60", "--lease", "120")
+    pid = wait_for(lambda: pgbg.get_task(result).pid, timeout=60, message="the task to start")
+    with psycopg.connect(database_url) as locker:
+        locker.execute("LOCK TABLE pgbg.task IN EXCLUSIVE MODE")  # reads pass, writes wait
+        release.touch()
+        wait_for(lambda: not alive(pid), message="the task's process to exit")
+        # Each round: the worker's write (or its release after reconnecting) waits on the
+        # lock, and its backend is terminated. Between rounds it handles the child's exit.
+        for _round in range(5):
+            [(backend,)] = wait_for(lambda: conn.execute(WORKER_BACKENDS).fetchall(),
+                                    message="the worker to wait on the lock")
+            conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
+            wait_for(lambda b=backend: not conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (b,)).fetchone())
+        locker.rollback()
+    task = pgbg.wait_task(result, timeout=60)
+    assert (task.status, task.result, task.attempt) == (pgbg.TaskStatus.SUCCEEDED, "first", 1)
+    assert ledger.read_text().count("\n") == 1  # the function ran once
+
+
+def test_text_postgresql_cannot_store_is_escaped_not_stuck(
+        make_worker: Callable[..., Driver], conn: psycopg.Connection[Any]) -> None:
+    """An error, an info line and printed output holding NUL and a lone surrogate: the
+    task still ends, with every text written by the one rule (backslash escapes)."""
+    results = [pgbg.run_in_background(tasks.unstorable_error, "t", text)
+               for text in ("nul", "surrogate")]
+    ordinary = pgbg.run_in_background(tasks.add, "t", 1, 2)
+    driver = make_worker(2)
+    driver.until_done(*results, ordinary)
+    assert ordinary.get(timeout=5) == 3
+    for result, escaped in zip(results, ("a\\x00b", "x\\ud800y"), strict=True):
+        task = pgbg.get_task(result)
+        assert task.status is pgbg.TaskStatus.FAILED
+        assert task.error is not None and f"ValueError: message {escaped}" in task.error
+        assert task.info == f"info {escaped}"
+        log = "".join(m for _at, _level, m in queries.task_log_list(conn, result.id))
+        assert f"info {escaped}" in log
+        assert "printed a\\x00b" in log or "x\\ud800y" in escaped
+
+
+def test_a_recovered_task_claimed_again_by_the_same_worker_never_runs_twice_at_once(
+        make_worker: Callable[..., Driver], conn: psycopg.Connection[Any],
+        tmp_path: Path) -> None:
+    """The worker's lease lapsed (simulated: its rows handed back to the queue as a
+    recovery would) while its child still runs; it claims the task again. The old child
+    must be killed before the new attempt starts, never left running beside it."""
+    release, ledger = tmp_path / "release", tmp_path / "ledger"
+    result = pgbg.enqueue(tasks.append_when, [str(release), str(ledger), "x"], task_type="t",
+                          max_attempts=3)
+    driver = make_worker(2)
+    first = driver.until(lambda: pgbg.get_task(result).pid)
+    conn.execute("UPDATE pgbg.task SET status = 'queued', worker_id = NULL WHERE id = %s",
+                 (result.id,))  # what task_recover_lost does to a lapsed worker's task
+    driver.until(lambda: pgbg.get_task(result).attempt == 2)  # claimed again
+    second = driver.until(lambda: pgbg.get_task(result).pid not in (None, first)
+                          and pgbg.get_task(result).pid)
+    assert not alive(first), "the first attempt's child still runs beside the second"
+    release.touch()
+    driver.until_done(result)
+    assert pgbg.get_task(result).status is pgbg.TaskStatus.SUCCEEDED
+    assert ledger.read_text().split() == ["x", str(second)]
+
+
+def test_putting_back_a_task_whose_key_a_successor_holds_fails_that_task_alone(
+        make_worker: Callable[..., Driver], conn: psycopg.Connection[Any]) -> None:
+    """unique_while_running=False: a successor with the same key was queued while the task
+    ran. Its retry (and its recovery) cannot queue it again beside the successor; it ends
+    failed, saying so, and the worker and every other task carry on."""
+    first = pgbg.enqueue(tasks.fail, ["boom"], task_type="u", unique_key="k",
+                         unique_while_running=False, max_attempts=3)
+    lost = pgbg.enqueue(tasks.add, [1, 1], task_type="u", unique_key="j",
+                        unique_while_running=False, max_attempts=3)
+    # Both "run" under a worker that is gone: lost rows, and one successor per key.
+    dead = uuid.uuid4()
+    conn.execute("""UPDATE pgbg.task SET status = 'running', worker_id = %s, attempt = 1,
+                           started_at = now() WHERE id = %s""", (dead, lost.id))
+    # the successors are due later: they hold their keys, queued, while the others end
+    successor_j = pgbg.enqueue(tasks.add, [2, 2], task_type="u", unique_key="j",
+                               unique_while_running=False, delay=3600)
+    driver = make_worker(1, lease=1.0, heartbeat_interval=0.2)
+    driver.until(lambda: pgbg.get_task(first).status is not pgbg.TaskStatus.QUEUED)
+    successor_k = pgbg.enqueue(tasks.add, [3, 3], task_type="u", unique_key="k",
+                               unique_while_running=False, delay=3600)
+    assert successor_k.id != first.id
+    driver.until_done(first, lost, timeout=60)
+    assert (pgbg.get_task(first).status, pgbg.get_task(lost).status) == (
+        pgbg.TaskStatus.FAILED, pgbg.TaskStatus.FAILED)
+    for task in (first, lost):
+        error = pgbg.get_task(task).error
+        assert error is not None and "same unique_key" in error, error
+    conn.execute("UPDATE pgbg.task SET run_at = NULL WHERE id IN (%s, %s)",
+                 (successor_k.id, successor_j.id))
+    driver.until_done(successor_k, successor_j)  # the worker carried on
+    assert (successor_k.get(timeout=5), successor_j.get(timeout=5)) == (6, 4)
+
+
+def test_a_worker_cut_off_from_the_database_kills_its_tasks_before_they_are_recovered(
+        tcp_proxy: TcpProxy, worker_process: Callable[..., WorkerProcess],
+        tmp_path: Path) -> None:
+    """A real cut (a proxy that stops forwarding, closing nothing): the worker is stuck in
+    a database call past its lease. Its task is recovered and run by another worker; the
+    first process must be gone before the second starts, not run beside it."""
+    release, lockfile, ledger = (tmp_path / name for name in ("release", "lock", "ledger"))
+    result = pgbg.enqueue(tasks.exclusive_until, [str(release), str(lockfile), str(ledger)],
+                          task_type="t", max_attempts=2)
+    fast = ("--heartbeat-interval", "0.3", "--lease", "3", "--poll-interval", "0.5")
+    cut_off = WorkerProcess(tcp_proxy.url, 1, *fast)
+    try:
+        first = wait_for(lambda: pgbg.get_task(result).pid, timeout=60)
+        tcp_proxy.freeze()
+        worker_process(1, *fast)  # direct: recovers the task once the lease lapses
+        wait_for(lambda: pgbg.get_task(result).attempt == 2 and pgbg.get_task(result).pid,
+                 timeout=60, message="the task to run again elsewhere")
+        assert not alive(first)
+        release.touch()
+        task = pgbg.wait_task(result, timeout=60)
+        assert (task.status, task.attempt) == (pgbg.TaskStatus.SUCCEEDED, 2)
+        lines = ledger.read_text().split("\n")
+        assert not [line for line in lines if line.startswith("overlap")], lines
+        assert lines[:2] == [f"start {first}", f"start {task.pid}"]
+        tcp_proxy.thaw()
+        wait_for(lambda: cut_off.logged("could not renew the lease in time"),
+                 message="the cut-off worker to say why its task died")
+        wait_for(lambda: cut_off.logged("outcome not written: the task is no longer ours"),
+                 message="its late outcome to be refused")
+        assert pgbg.get_task(result) == task
+    finally:
+        tcp_proxy.thaw()
+        cut_off.stop()
+
+
+CLAIM_LOCK = 7070626267  # the claim's advisory lock (migration 0001)
+
+
+def test_a_claim_left_running_on_a_dropped_connection_never_commits(
+        tcp_proxy: TcpProxy, conn: psycopg.Connection[Any]) -> None:
+    """The worker's claim waits on a lock when its connection is cut; the server goes on
+    waiting. Before the worker releases anything on its new connection, the old backend
+    must be gone, or its claim commits later: a task claimed by nobody that knows it."""
+    conn.execute("SELECT pg_advisory_lock(%s)", (CLAIM_LOCK,))
+    result = pgbg.run_in_background_with_limits(tasks.add, "a", 0, {"a": 1}, 1, 1)
+    worker = WorkerProcess(tcp_proxy.url, 1, "--heartbeat-interval", "60", "--lease", "120",
+                           "--poll-interval", "0.5")
+    try:
+        [(old,)] = wait_for(lambda: conn.execute(WORKER_BACKENDS).fetchall(), timeout=60,
+                            message="the worker's claim to wait on the lock")
+        tcp_proxy.cut()
+        wait_for(lambda: not conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                                          (old,)).fetchone(),
+                 timeout=60, message="the old backend to be terminated")
+        conn.execute("SELECT pg_advisory_unlock(%s)", (CLAIM_LOCK,))
+        task = pgbg.wait_task(result, timeout=30)
+        assert (task.status, task.result, task.attempt) == (pgbg.TaskStatus.SUCCEEDED, 2, 1)
+        assert not worker.logged("never started")  # nothing claimed behind its back
+    finally:
+        conn.execute("SELECT pg_advisory_unlock_all()")
+        worker.stop()
