@@ -208,11 +208,12 @@ class Worker:
     # -- the loop's state ----------------------------------------------------------
 
     def _finished(self) -> bool:
-        """Nothing left to run or write; without the database after a hard stop, what is
-        left is given up (the tasks are recovered after the lease)."""
+        """Nothing left to run or write. Without the database the worker waits for it until
+        the hard stop, then gives up what is left (its tasks are recovered after the
+        lease) and says so."""
         if self._ledger.in_phase(Phase.WAITING, *ALIVE, Phase.GONE):
             return False
-        if not (self._records or self._ledger.pending_finals()):
+        if self._db.connected and not (self._records or self._ledger.pending_finals()):
             return True
         if not self._db.connected and self._hard_stop_at is not None \
                 and time.monotonic() >= self._hard_stop_at:
