@@ -221,16 +221,18 @@ def task_record_info(conn: psycopg.Connection[Any], task: BackgroundTask, messag
 
 
 def task_record_error_exit(conn: psycopg.Connection[Any], task: BackgroundTask,
-                           message: str) -> None:
+                           message: str, pid: int | None = None) -> None:
+    """The task recorded its own failure: the row reads failed at once (waiters are told),
+    but ``finished_at`` waits for the process to exit, and until then the task still
+    counts against its limits (the claim counts failed rows not yet finished)."""
     with conn.transaction():
         conn.execute(
             """WITH failed AS (
-                   UPDATE pgbg.task SET status = 'failed', error = %s,
-                          finished_at = clock_timestamp()
+                   UPDATE pgbg.task SET status = 'failed', error = %s, pid = coalesce(pid, %s)
                     WHERE id = %s AND worker_id = %s AND attempt = %s AND status = 'running'
                 RETURNING id)
                SELECT pg_notify(%s, id::text) FROM failed""",
-            (message, task.id, task.worker_id, task.attempt, notify.DONE),
+            (message, pid, task.id, task.worker_id, task.attempt, notify.DONE),
         )
         task_log_insert(conn, task.id, "error", message)
 

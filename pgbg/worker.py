@@ -444,7 +444,8 @@ class Worker:
                     attempt.deadline = None  # it has finished: no time limit to enforce
         elif kind == "error_exit":
             attempt.error_exit = True
-            self._records.append(ErrorExit(task, clean_text(str(message.get("message")))))
+            self._records.append(ErrorExit(task, clean_text(str(message.get("message"))),
+                                           attempt.pid))
         elif kind == "info":
             self._records.append(Info(task, clean_text(str(message.get("message")))))
         elif kind == "related":

@@ -42,6 +42,7 @@ class Info:
 class ErrorExit:
     task: BackgroundTask
     message: str
+    pid: int | None
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,8 @@ class WorkerDatabase:
         match record:
             case Info(task, message):
                 queries.task_record_info(conn, task, message)
-            case ErrorExit(task, message):
-                queries.task_record_error_exit(conn, task, message)
+            case ErrorExit(task, message, pid):
+                queries.task_record_error_exit(conn, task, message, pid)
             case Link(task_id, kind, key):
                 queries.task_link_insert(conn, task_id, kind, key)
             case Output(task, texts):

@@ -188,3 +188,56 @@ def exclusive_until(release: str, lockfile: str, ledger: str) -> int:
             time.sleep(0.01)
         out.write(f"end {os.getpid()}\n")
     return os.getpid()
+
+
+def chaos_step(workdir: str, seconds: float, limit: int) -> str:
+    """A task of the fault-injection run. In ``workdir``: holds the lock file of its own
+    task while it runs (a second process of the same task finds it taken: "overlap"),
+    and, with ``limit``, one of ``limit`` slot files of its type (none free: "excess");
+    appends start and end lines to the ledger (one ``write`` each, O_APPEND). Returns
+    "<id>:<attempt>" so the checker can match outcome and run."""
+    import fcntl
+
+    task = pgbg.get_current_task()
+    assert task is not None
+    me = f"{task.id} {task.attempt} {os.getpid()}"
+    ledger = os.open(os.path.join(workdir, "ledger"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+    def note(line: str) -> None:
+        os.write(ledger, f"{line} {me} {time.monotonic():.6f}\n".encode())
+
+    held = []
+    own = os.open(os.path.join(workdir, f"task-{task.id}"), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(own, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        note("overlap")
+    held.append(own)
+    if limit:
+        for slot in range(limit):
+            fd = os.open(os.path.join(workdir, f"slot-{task.task_type}-{slot}"),
+                         os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            held.append(fd)
+            break
+        else:
+            note("excess")
+    note("start")
+    time.sleep(seconds)
+    note("end")
+    for fd in reversed(held):  # the task's code is over: its slot is free
+        os.close(fd)
+    return f"{task.id}:{task.attempt}"
+
+
+def error_exit_then_clean_up(release: str, done: str) -> None:
+    """Record failure, then clean up for as long as it takes (until ``release`` exists)
+    and leave a mark that the clean-up finished."""
+    pgbg.record_task_error_exit("bad input")
+    while not Path(release).exists():
+        time.sleep(0.01)
+    Path(done).write_text("cleaned up")
