@@ -15,39 +15,32 @@ wait, and the loop reconnects with backoff.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import resource
 import selectors
-import signal
 import socket
 import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 import psycopg
 
-from pgbg import children, db, decisions, notify
-from pgbg.attempts import ALIVE, Attempt, Ledger, Phase, Retry
+from pgbg import children, db, notify
+from pgbg.attempts import ALIVE, Attempt, Phase
 from pgbg.exceptions import DatabaseUnavailable, InvalidOption
-from pgbg.models import TERMINAL_STATUSES, BackgroundTask, TaskStatus
+from pgbg.models import TERMINAL_STATUSES, TaskStatus
 from pgbg.queries import Outcome
 from pgbg.storable import clean_text
-from pgbg.workerdb import ErrorExit, Info, Link, Output, Record, ReleaseUnknown, WorkerDatabase
+from pgbg.supervisor import NOT_OURS, Policy, Supervisor
+from pgbg.workerdb import WorkerDatabase
 
 logger = logging.getLogger(__name__)
 RETENTION_BATCH = 1000  # finished tasks purged per heartbeat when retention is set
 TERMINAL = [s.value for s in TERMINAL_STATUSES]
-PID_DELAY = 0.05  # seconds a recorded pid may wait for a commit to share
 PERIODIC_RECHECK = 60.0  # seconds between looks at periodic tasks when none falls due sooner
 WRITE_RETRY = 1.0  # seconds before writes the database refused or timed out are tried again
-FORKSERVER_LOST = "the worker's fork server died while the task ran"
-LEASE_LAPSED = ("killed: the worker could not renew its lease in time, so the task is "
-                "recovered by another worker")
-NOT_OURS = "the task is no longer this worker's"
 
 
 class Worker:
@@ -99,9 +92,10 @@ class Worker:
                                   self._selector)
         # output_limit: bytes of each task's stdout/stderr kept in its log
         self._children = children.Children(self._selector, output_limit)
-        self._ledger = Ledger()
-        self._records: list[Record] = []  # in order; written before the outcomes
-        self._pids_due = 0.0
+        self._sup = Supervisor(Policy(concurrency, kill_grace, task_timeout, retry_backoff,
+                                      self.allow, lease), self._children)
+        self._ledger = self._sup.ledger
+        self._records = self._sup.records  # in order; written before the outcomes
         self._writes_due = 0.0  # after a refused or timed-out write: not before this
         self._want_claim = True
         self._next_poll = 0.0
@@ -110,7 +104,6 @@ class Worker:
         self._next_periodic = 0.0
         self._next_connect = 0.0
         self._connect_delay = 0.1
-        self._lease_until = float("inf")  # monotonic: our lease surely holds until then
         self._stopping = False
         self._hard_stop_at: float | None = None
         self._killed_all = False
@@ -159,7 +152,7 @@ class Worker:
         _make_room_for_descriptors(self.concurrency)
         self._db.connect()
         self._db.register()
-        self._renew_lease(time.monotonic())
+        self._sup.renew_lease(time.monotonic())
         self._children.open(db.database_url())
         self._next_heartbeat = time.monotonic() + self.heartbeat_interval
         self._started = True
@@ -173,13 +166,12 @@ class Worker:
         now = time.monotonic()
         if not self._db.connected and now >= self._next_connect:
             self._try_connect()
-        self._check_lease(now)
         if self._hard_stop_at is not None and now >= self._hard_stop_at and not self._killed_all:
-            self._kill_all("the worker stopped before the task finished")
+            self._killed_all = True
+            self._sup.kill_all("the worker stopped before the task finished")
         if self._stopping:
-            self._drop_waiting("the worker is stopping")  # another worker may start them
-        self._escalate_kills(now)
-        self._enforce_time_limits(now)
+            self._sup.drop_waiting("the worker is stopping")  # another worker may start them
+        self._sup.tick(now)
         if self._db.connected:
             if self._ledger.undecided() and now >= self._next_cancel_check:
                 self._check_cancel_requests()
@@ -191,8 +183,10 @@ class Worker:
         for key, _mask in self._selector.select(self._wait_time(timeout)):
             if key.data == "db":
                 self._on_notifications()
-            else:
-                self._on_process_event(key.data)
+            elif key.data == "wake":
+                self._drain_wake_pipe()
+            elif self._sup.handle(key.data):
+                self._want_claim = True  # a slot may be free
         self._sync()
         if self._db.connected and time.monotonic() >= self._next_heartbeat:
             self._heartbeat()
@@ -229,9 +223,7 @@ class Worker:
     def _wait_time(self, timeout: float | None) -> float:
         now = time.monotonic()
         deadlines = [self._next_heartbeat if self._db.connected else self._next_connect,
-                     self._lease_until]
-        for attempt in self._ledger.in_phase(*ALIVE, Phase.GONE):
-            deadlines += [t for t in (attempt.escalate_at, attempt.deadline) if t is not None]
+                     *self._sup.deadlines()]
         if self._ledger.undecided():
             deadlines.append(self._next_cancel_check)
         if self._stopping:
@@ -244,7 +236,7 @@ class Worker:
                     return 0.0
                 deadlines.append(max(self._next_poll, self._writes_due))
         if self._records or self._ledger.pending_finals() or self._ledger.pids_to_write():
-            deadlines.append(max(self._pids_due, self._writes_due))
+            deadlines.append(max(self._sup.pids_due, self._writes_due))
         wait = max(0.0, min(deadlines) - now)
         return wait if timeout is None else min(wait, timeout)
 
@@ -260,7 +252,7 @@ class Worker:
         claim = free > 0 and (self._want_claim or now >= self._next_poll)
         finals = self._ledger.pending_finals()
         pids = self._ledger.pids_to_write()
-        if not (claim or self._records or finals or (pids and now >= self._pids_due)):
+        if not (claim or self._records or finals or (pids and now >= self._sup.pids_due)):
             return
         records, known = list(self._records), self._ledger.known_ids()
         try:
@@ -284,7 +276,7 @@ class Worker:
             if step.next_due is not None:  # idle slots: claim again when it falls due
                 self._next_poll = min(self._next_poll, now + max(step.next_due, 0.0) + 0.001)
             self._want_claim = len(step.claimed) == free  # a full batch: more may be waiting
-            self._claimed(step.claimed)
+            self._sup.claimed(step.claimed)
 
     def _failed(self, what: str, exc: Exception) -> bool:
         """Handle an error of a database call; True if it is one to wait out (the connection
@@ -346,170 +338,6 @@ class Worker:
             recheck = min(recheck, (tick.next_due - tick.now).total_seconds())
         self._next_periodic = time.monotonic() + max(recheck, 0.0) + 0.001
 
-    def _claimed(self, tasks: list[BackgroundTask]) -> None:
-        for task in tasks:
-            attempt = self._ledger.claimed(task)
-            for older in self._ledger.older_alive(attempt):
-                # Recovered from under us and claimed again: the old process must be gone
-                # before the new one starts.
-                self._kill(older, NOT_OURS)
-            if not decisions.allowed(task.func, self.allow):
-                self._ledger.ended(attempt, Outcome(
-                    task.id, task.attempt, TaskStatus.FAILED,
-                    error=f"not allowed: {task.func} is outside this worker's allowed "
-                          f"modules ({', '.join(self.allow or ())})"))
-        self._start_waiting()
-
-    def _start_waiting(self) -> None:
-        """Start claimed tasks while fewer than ``concurrency`` processes are alive: each is
-        written straight into a spare child (and its pid recorded with the next write)."""
-        for attempt in self._ledger.startable():
-            if self._ledger.live() >= self.concurrency:
-                return
-            spare = self._children.start(attempt)
-            if spare is None:
-                return  # no spare yet: the fork server announces the next one shortly
-            self._ledger.started(attempt, spare.pid, spare)
-            limit = attempt.task.timeout or self.task_timeout
-            if limit:
-                attempt.deadline = time.monotonic() + limit
-            if not self._ledger.pids_to_write()[1:]:
-                self._pids_due = time.monotonic() + PID_DELAY
-
-    def _drop_waiting(self, reason: str) -> None:
-        """Give claimed tasks that never started back to the queue (the attempt is undone)."""
-        waiting = self._ledger.in_phase(Phase.WAITING)
-        if not waiting:
-            return
-        for attempt in waiting:
-            logger.info("releasing a task that had not started", extra={
-                "task_id": str(attempt.task.id), "status": reason})
-            self._ledger.dropped(attempt)
-        self._records.append(ReleaseUnknown())
-
-    # -- children ------------------------------------------------------------------
-
-    def _on_process_event(self, data: Any) -> None:
-        """What the selector reported of the wake-up pipe, the fork server or a child."""
-        if data == "wake":
-            self._drain_wake_pipe()
-            return
-        self._check_lease(time.monotonic())
-        for kind, attempt, value in self._children.handle(data):
-            if kind == "message":
-                self._on_child_message(attempt, value)
-            elif kind == "output":
-                self._on_output(attempt, [clean_text(text) for text in value])
-            elif kind == "gone":
-                self._ledger.gone(attempt)
-                self._want_claim = True  # its slot is free
-            elif kind == "exited":
-                code = os.waitstatus_to_exitcode(value)  # negative: a signal
-                self._ended(attempt, code if code >= 0 else None, -code if code < 0 else None)
-            elif kind == "lost":
-                self._ledger.ended(attempt, Outcome(attempt.task.id, attempt.task.attempt,
-                                                    TaskStatus.FAILED, error=FORKSERVER_LOST))
-        self._start_waiting()
-
-    def _on_output(self, attempt: Attempt, texts: list[str]) -> None:
-        last = self._records[-1] if self._records else None
-        if isinstance(last, Output) and last.task is attempt.task:
-            last.texts.extend(texts)  # one log row per burst of output
-        else:
-            self._records.append(Output(attempt.task, texts))
-
-    def _ended(self, attempt: Attempt, code: int | None, sig: int | None) -> None:
-        """Its process is reaped: how it ended, unless its report decided that already."""
-        if attempt.final is not None:
-            self._ledger.ended(attempt)
-            return
-        ended = self._outcome(attempt, code, sig)
-        delay = self._retry_delay(attempt, ended)
-        self._ledger.ended(attempt, ended if delay is None
-                           else Retry(attempt.task, ended.error or "", delay))
-
-    def _on_child_message(self, attempt: Attempt, message: dict[str, Any]) -> None:
-        kind = message.get("kind")
-        task = attempt.task
-        if kind == "outcome":
-            # The function has returned: write how it ended now, and claim for its slot,
-            # while the process exits (a retry waits for the exit, to run on a free slot).
-            first = attempt.report is None
-            self._ledger.reported(attempt, message)
-            self._want_claim = True
-            if first and attempt.kill_reason is None:
-                ended = self._outcome(attempt, message.get("exit_code"), None)
-                if self._retry_delay(attempt, ended) is None:
-                    attempt.decide(ended)
-                    attempt.deadline = None  # it has finished: no time limit to enforce
-        elif kind == "error_exit":
-            attempt.error_exit = True
-            self._records.append(ErrorExit(task, clean_text(str(message.get("message"))),
-                                           attempt.pid))
-        elif kind == "info":
-            self._records.append(Info(task, clean_text(str(message.get("message")))))
-        elif kind == "related":
-            self._records.append(Link(task.id, clean_text(str(message.get("link_kind"))),
-                                      clean_text(str(message.get("key")))))
-
-    def _outcome(self, attempt: Attempt, code: int | None, sig: int | None) -> Outcome:
-        ended = decisions.outcome(attempt.task, killed_by=attempt.kill_reason,
-                                  kill_status=attempt.kill_status, report=attempt.report,
-                                  error_exit=attempt.error_exit, code=code, sig=sig)
-        if ended.error is not None:
-            ended = dataclasses.replace(ended, error=clean_text(ended.error))
-        return ended
-
-    def _retry_delay(self, attempt: Attempt, ended: Outcome) -> float | None:
-        raised = (attempt.report or {}).get("exception_types") or []
-        return decisions.retry_delay(attempt.task, ended, error_exit=attempt.error_exit,
-                                     raised=raised, default_backoff=self.retry_backoff)
-
-    # -- killing -------------------------------------------------------------------
-
-    def _kill(self, attempt: Attempt, reason: str,
-              status: TaskStatus = TaskStatus.TERMINATED) -> None:
-        """SIGKILL the attempt's process group now (and again until it is reaped); the
-        first reason given is the one recorded."""
-        if attempt.phase not in ALIVE:
-            return
-        if attempt.kill_reason is None:
-            attempt.kill_reason, attempt.kill_status = reason, status
-        attempt.escalate_at = time.monotonic() + 1.0
-        self._children.signal(attempt, signal.SIGKILL)
-
-    def _kill_all(self, reason: str) -> None:
-        """The hard stop: once, every process; the escalation repeats it until reaped."""
-        self._killed_all = True
-        self._drop_waiting(reason)
-        for attempt in self._ledger.in_phase(*ALIVE):
-            self._kill(attempt, reason)
-
-    def _terminate(self, attempt: Attempt, reason: str,
-                   status: TaskStatus = TaskStatus.TERMINATED) -> None:
-        """SIGTERM the child's process group now, SIGKILL it after the grace period."""
-        if attempt.kill_reason is not None or attempt.phase not in ALIVE:
-            return
-        attempt.kill_reason, attempt.kill_status = reason, status
-        attempt.escalate_at = time.monotonic() + self.kill_grace
-        self._children.signal(attempt, signal.SIGTERM)
-        logger.info("terminating task", extra={"task_id": str(attempt.task.id),
-                                               "pid": attempt.pid})
-
-    def _enforce_time_limits(self, now: float) -> None:
-        for attempt in self._ledger.in_phase(*ALIVE):
-            if attempt.deadline is not None and now >= attempt.deadline:
-                attempt.deadline = None
-                limit = attempt.task.timeout or self.task_timeout
-                self._terminate(attempt, f"timed out after {limit:g}s", TaskStatus.FAILED)
-
-    def _escalate_kills(self, now: float) -> None:
-        for attempt in self._ledger.in_phase(*ALIVE, Phase.GONE):
-            if attempt.escalate_at is not None and now >= attempt.escalate_at:
-                if attempt.phase is not Phase.GONE:
-                    self._children.signal(attempt, signal.SIGKILL)
-                attempt.escalate_at = now + 1.0  # keep at it until the child is reaped
-
     def _check_cancel_requests(self) -> None:
         """Terminate the children whose rows ask for it: the row, not a NOTIFY, decides."""
         self._next_cancel_check = time.monotonic() + self.poll_interval
@@ -523,36 +351,7 @@ class Worker:
             self._failed("the look at cancel requests", exc)
             return
         for task_id, requested_by in requested:
-            attempt = by_task[task_id]
-            if attempt.phase is Phase.WAITING:  # claimed, not started: nothing to kill
-                self._ledger.ended(attempt, Outcome(
-                    task_id, attempt.task.attempt, TaskStatus.TERMINATED,
-                    error=f"terminated by {requested_by or 'request'} before it started"))
-            else:
-                self._terminate(attempt, f"terminated by {requested_by or 'request'}")
-
-    # -- the lease ------------------------------------------------------------------
-
-    def _renew_lease(self, sent_at: float) -> None:
-        """Our lease holds until ``lease`` after the heartbeat sent at ``sent_at``, less a
-        margin; the fork server kills our children at that moment unless renewed, even if
-        this process is stuck (a hung connection, SIGSTOP): by then they are being
-        recovered by other workers, and must not run beside their second attempt."""
-        self._lease_until = sent_at + self.lease - min(1.0, self.lease * 0.1)
-        self._children.lease(self._lease_until)
-
-    def _check_lease(self, now: float) -> None:
-        if now < self._lease_until:
-            return
-        alive = self._ledger.in_phase(*ALIVE)
-        if alive:
-            logger.error("could not renew the lease in time: killing this worker's tasks",
-                         extra={"worker_id": str(self.id), "running": len(alive)})
-        for attempt in alive:  # killed by the fork server already; this says why
-            if attempt.kill_reason is None:
-                attempt.kill_reason, attempt.kill_status = LEASE_LAPSED, TaskStatus.FAILED
-                attempt.escalate_at = now
-        self._lease_until = float("inf")  # said once; the next heartbeat renews it
+            self._sup.cancel(by_task[task_id], requested_by)
 
     # -- the database ----------------------------------------------------------------
 
@@ -565,7 +364,7 @@ class Worker:
             if not self._db.heartbeat():
                 logger.warning("this worker had been presumed dead; registered again",
                                extra={"worker_id": str(self.id)})
-            self._renew_lease(sent_at)
+            self._sup.renew_lease(sent_at)
             self._drop_not_ours()
             self._db.release_unknown(self._ledger.known_ids())
             self._db.recover_lost(self.lease)
@@ -589,7 +388,7 @@ class Worker:
             if attempt.phase is Phase.WAITING:
                 self._ledger.dropped(attempt)
             else:
-                self._kill(attempt, NOT_OURS)
+                self._sup.kill(attempt, NOT_OURS)
 
     def _on_notifications(self) -> None:
         try:

@@ -22,7 +22,7 @@ def claim_into_ready(driver: Driver, conn: psycopg.Connection[Any]) -> pgbg.Back
     does when the running child has reported its outcome but not yet exited."""
     worker = driver.worker
     [task] = queries.task_step(conn, worker.id, worker.hostname, 1, [], []).claimed
-    worker._claimed([task])
+    worker._sup.claimed([task])
     waiting = worker._ledger.in_phase(Phase.WAITING)
     assert [a.task.id for a in waiting] == [task.id]  # waiting for the slot
     return task

@@ -15,7 +15,7 @@ from conftest import Driver, wait_for
 
 import pgbg
 from pgbg import forkserver, queries
-from pgbg.worker import FORKSERVER_LOST
+from pgbg.supervisor import FORKSERVER_LOST
 
 
 def _run(make_worker: Callable[..., Driver], func: Any, *args: Any) -> pgbg.BackgroundTask:
