@@ -10,6 +10,14 @@ exactness matters (arguments, results) are never altered: they are refused inste
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+from pgbg.exceptions import UnstorableValue
+
 
 def clean_text(text: str) -> str:
     """``text`` with every NUL and lone surrogate written as its backslash escape."""
@@ -20,3 +28,161 @@ def clean_text(text: str) -> str:
     except UnicodeEncodeError:
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+# -- values stored exactly: arguments, keyword arguments, results --------------------------
+
+MAX_INT_DIGITS = 4300  # Python's default limit on int <-> str: past it, reading a row fails
+_INT_LIMIT = 10 ** MAX_INT_DIGITS
+MAX_DEPTH = 200  # nesting kept well inside the recursion limits of json and of a task's stack
+_SCALARS = (type(None), bool, str)
+
+
+def text_problem(text: str) -> str | None:
+    """Why PostgreSQL cannot store ``text`` (None: it can)."""
+    if "\x00" in text:
+        return "strings cannot hold NUL (\\x00)"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (f"strings cannot hold a lone surrogate "
+                    f"({text[exc.start]!r} at index {exc.start})")
+    return None
+
+
+def check_text(text: str, where: str) -> str:
+    """``text`` if PostgreSQL can store it, else ``UnstorableValue`` naming ``where``."""
+    problem = text_problem(text)
+    if problem is not None:
+        raise UnstorableValue(f"{where}: {problem}")
+    return text
+
+
+def _problem(value: object) -> str | None:
+    """Why a JSON leaf (or a container's own type) cannot round-trip (None: it can)."""
+    kind = type(value)
+    if kind is str:
+        return text_problem(value)  # type: ignore[arg-type]
+    if kind is int:
+        if -_INT_LIMIT < value < _INT_LIMIT:
+            return None
+        return f"an int of more than {MAX_INT_DIGITS} digits cannot be read back"
+    if kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            return f"{value!r} is not a JSON number"
+        if value == 0.0 and math.copysign(1.0, value) < 0:
+            return "-0.0 cannot be stored (PostgreSQL's numeric has no negative zero)"
+        return None
+    if kind in _SCALARS or kind is list or kind is dict:
+        return None
+    if kind is tuple:
+        return "a tuple would come back as a list; pass a list"
+    if isinstance(value, (bool, int, float, str, list, dict)):
+        return (f"{kind.__name__} (a subclass of {kind.__mro__[1].__name__}) would come back "
+                f"as a plain {kind.__mro__[1].__name__}")
+    return f"{kind.__name__} is not JSON-serialisable"
+
+
+def check_json(value: object, where: str) -> None:
+    """Refuse (``UnstorableValue``, naming the part by its path from ``where``) any value
+    that jsonb cannot store or that would not come back as the same Python value: text
+    with NUL or a lone surrogate, NaN and infinities, -0.0, ints past 4300 digits, dict
+    keys that are not ``str``, tuples and subclasses of the JSON types, nesting deeper
+    than ``MAX_DEPTH``. Iterative: any depth is refused without recursing."""
+    stack: list[tuple[object, str, int]] = [(value, where, 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        problem = _problem(node)
+        if problem is not None:
+            raise UnstorableValue(f"{path}: {problem}")
+        if type(node) is list:
+            if depth >= MAX_DEPTH and node:
+                raise UnstorableValue(f"{path}: nested deeper than {MAX_DEPTH} levels")
+            for index, item in enumerate(node):
+                if type(item) not in _LEAVES or _problem(item) is not None:
+                    stack.append((item, f"{path}[{index}]", depth + 1))
+        elif type(node) is dict:
+            if depth >= MAX_DEPTH and node:
+                raise UnstorableValue(f"{path}: nested deeper than {MAX_DEPTH} levels")
+            for key, item in node.items():
+                if type(key) is not str:
+                    raise UnstorableValue(
+                        f"{path}: key {_short(key)} is not a str (JSON would make it one)")
+                problem = text_problem(key)
+                if problem is not None:
+                    raise UnstorableValue(f"{path}: key {key!r}: {problem}")
+                if type(item) not in _LEAVES or _problem(item) is not None:
+                    stack.append((item, f"{path}[{key!r}]", depth + 1))
+
+
+_LEAVES = frozenset({type(None), bool, int, float, str})
+
+
+def _short(value: object) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to write
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def dumps(value: Any) -> str:
+    """``value`` as JSON that jsonb gives back exactly: as ``json.dumps`` writes it, except
+    that every float is written positionally with a decimal point (``1e16`` would come back
+    from jsonb's ``numeric`` as the int 10000000000000000). Checks nothing beyond what
+    ``json.dumps`` checks; ``check_json`` first."""
+    if not _has_float(value):
+        return json.dumps(value, allow_nan=False)
+    return "".join(_encode(value))
+
+
+def _has_float(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is float:
+            return True
+        if kind is list or kind is tuple:
+            stack.extend(node)
+        elif kind is dict:
+            stack.extend(node.values())
+        elif isinstance(node, float):
+            return True
+    return False
+
+
+def float_text(value: float) -> str:
+    """A finite float in positional notation with a decimal point, its shortest repr's
+    digits: ``1e+16`` -> ``10000000000000000.0``, ``1.5e-07`` -> ``0.00000015``."""
+    if not math.isfinite(value):
+        raise ValueError(f"Out of range float values are not JSON compliant: {value!r}")
+    text = repr(float(value))
+    if "e" in text:
+        text = format(Decimal(text), "f")
+    return text if "." in text else text + ".0"
+
+
+def _encode(value: Any) -> Iterator[str]:
+    kind = type(value)
+    if kind is float or isinstance(value, float):
+        yield float_text(value)
+    elif kind is list or kind is tuple:
+        yield "["
+        for index, item in enumerate(value):
+            if index:
+                yield ", "
+            yield from _encode(item)
+        yield "]"
+    elif kind is dict:
+        yield "{"
+        for index, (key, item) in enumerate(value.items()):
+            if index:
+                yield ", "
+            yield json.dumps(key if type(key) is str else json.dumps(key))
+            yield ": "
+            yield from _encode(item)
+        yield "}"
+    else:
+        yield json.dumps(value, allow_nan=False)

@@ -144,3 +144,40 @@ def print_lots(megabytes: int) -> int:
     for _ in range(megabytes * 1024):
         sys.stdout.write(line)
     return megabytes
+
+
+# Return values a task may produce that PostgreSQL cannot store (or not exactly).
+UNSTORABLE_RESULTS: dict[str, Any] = {
+    "nul": "a\x00b",
+    "surrogate": "\ud800",
+    "nested nul": {"k": ["ok", "a\x00b"]},
+    "int key": {1: "one"},
+    "negative zero": -0.0,
+    "huge int": 10 ** 4300,
+    "tuple": (1, 2),
+}
+_deep: Any = []
+for _ in range(1000):  # deeper than pgbg keeps
+    _deep = [_deep]
+UNSTORABLE_RESULTS["deep"] = _deep
+
+
+def returns(name: str) -> Any:
+    """Return the value ``UNSTORABLE_RESULTS[name]``."""
+    return UNSTORABLE_RESULTS[name]
+
+
+def _shape(value: Any) -> Any:
+    """The exact type of every node of ``value``: what a JSON-equal copy could lose."""
+    if isinstance(value, dict):
+        return ["dict", {k: _shape(v) for k, v in value.items()}]
+    if isinstance(value, (list, tuple)):
+        return [type(value).__name__, [_shape(v) for v in value]]
+    if isinstance(value, float):
+        return ["float", repr(value)]  # repr tells -0.0 from 0.0
+    return type(value).__name__
+
+
+def received(value: Any) -> dict[str, Any]:
+    """What the function received, and the exact type of each part of it."""
+    return {"got": value, "shape": _shape(value)}
