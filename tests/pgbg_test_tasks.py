@@ -167,17 +167,31 @@ def returns(name: str) -> Any:
     return UNSTORABLE_RESULTS[name]
 
 
-def _shape(value: Any) -> Any:
-    """The exact type of every node of ``value``: what a JSON-equal copy could lose."""
-    if isinstance(value, dict):
-        return ["dict", {k: _shape(v) for k, v in value.items()}]
-    if isinstance(value, (list, tuple)):
-        return [type(value).__name__, [_shape(v) for v in value]]
-    if isinstance(value, float):
-        return ["float", repr(value)]  # repr tells -0.0 from 0.0
-    return type(value).__name__
+def _shape(value: Any) -> list[str]:
+    """The exact type of every node of ``value``, in order, flat (so it nests no deeper
+    than ``value``): what a JSON-equal copy could lose (int/float, -0.0, tuple/list)."""
+    shape, stack = [], [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            shape.append(f"dict:{len(node)}")
+            for key in reversed(list(node)):
+                shape.append(f"key {type(key).__name__}")
+                stack.append(node[key])
+        elif isinstance(node, (list, tuple)):
+            shape.append(f"{type(node).__name__}:{len(node)}")
+            stack.extend(reversed(node))
+        elif isinstance(node, float):
+            shape.append(f"float {node!r}")  # repr tells -0.0 from 0.0
+        else:
+            shape.append(type(node).__name__)
+    return shape
 
 
-def received(value: Any) -> dict[str, Any]:
-    """What the function received, and the exact type of each part of it."""
-    return {"got": value, "shape": _shape(value)}
+def received(value: Any) -> Any:
+    """Record the exact type of each part of what the function received (as its info:
+    ``_shape``, JSON), and return it unchanged."""
+    import json
+
+    pgbg.record_task_info(json.dumps(_shape(value)))
+    return value

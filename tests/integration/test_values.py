@@ -8,6 +8,7 @@ enqueue (writing nothing, leaving a caller's transaction usable) and as return v
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -211,8 +212,10 @@ def test_float_results_come_back_exactly(make_worker: Callable[..., Driver]) -> 
     result = pgbg.run_in_background(tasks.received, "t", EXACT_FLOATS)
     make_worker(1).until_done(result)
     value = result.get(timeout=5)
-    assert value == tasks.received(EXACT_FLOATS)  # the shape records each float's repr
-    assert [repr(f) for f in value["got"]] == [repr(f) for f in EXACT_FLOATS]
+    assert [repr(f) for f in value] == [repr(f) for f in EXACT_FLOATS]
+    assert all(type(f) is float for f in value)
+    info = pgbg.get_task(result).info  # what the function received: floats, the same ones
+    assert info is not None and json.loads(info) == tasks._shape(EXACT_FLOATS)
 
 
 @pytest.mark.parametrize("name", list(tasks.UNSTORABLE_RESULTS))
