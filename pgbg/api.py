@@ -34,6 +34,7 @@ from pgbg.exceptions import (
     InvalidTaskId,
     NotSerializable,
     OptionOutOfRange,
+    SchemaMissing,
     TaskAlreadyStarted,
     TaskFailed,
     TaskNotFound,
@@ -130,6 +131,8 @@ def _database_errors() -> Iterator[None]:
     """A driver's error while queueing, as a ``PgbgError`` (the driver's is its cause)."""
     try:
         yield
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+        raise SchemaMissing() from exc
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"the database could not be reached: {exc}") from exc
     except Exception as exc:

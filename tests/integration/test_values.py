@@ -231,3 +231,12 @@ def test_an_unstorable_return_value_fails_the_task_saying_why(
     assert task.error.startswith("the return value cannot be stored: "), task.error
     assert task.result is None
     assert pgbg.get_task(ordinary).result == 3  # the worker went on
+
+
+def test_enqueue_without_the_schema_says_so(database_url: str,
+                                            conn: psycopg.Connection[Any]) -> None:
+    conn.execute("DROP SCHEMA pgbg CASCADE")
+    with pytest.raises(pgbg.SchemaMissing):
+        pgbg.enqueue(tasks.echo, [1], task_type="t")
+    with psycopg.connect(database_url) as app_conn, pytest.raises(pgbg.SchemaMissing):
+        pgbg.enqueue_many(tasks.echo, [[1]], task_type="t", connection=app_conn)
