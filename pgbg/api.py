@@ -286,12 +286,14 @@ def _each_call(values: Sequence[Any], check: Callable[[object], Any],
 def _json_each(values: Sequence[Any], first: int, check: Callable[[Any], None]) -> str:
     """A batch of calls' ``args`` (or ``kwargs``) as one JSON array, each call checked by
     ``check`` (the one-call check); on failure, the failing call and argument are named."""
-    for offset, value in enumerate(values):
-        try:
-            check(value)
-        except NotSerializable as exc:
-            raise type(exc)(f"call {first + offset}: {exc}") from exc
-    return storable.dumps(values)
+    positional = storable.scan(values)  # one pass over the batch: the common case
+    if positional is None:
+        for offset, value in enumerate(values):  # find the culprit and name it
+            try:
+                check(value)
+            except NotSerializable as exc:
+                raise type(exc)(f"call {first + offset}: {exc}") from exc
+    return storable.dumps(values) if positional else json.dumps(values)
 
 
 def _options(func: Callable[..., Any] | str, task_type: str, priority: int, num_proc: int,
@@ -441,8 +443,10 @@ def _kwargs_value(kwargs: object) -> dict[str, Any]:
 def _json_args(args: object) -> str:
     """Positional arguments as JSON jsonb stores exactly (``storable``)."""
     values = _args_value(args)
-    _check_args(values)
-    return storable.dumps(values)
+    positional = storable.scan((values,))
+    if positional is None:
+        _check_args(values)
+    return storable.dumps(values) if positional else json.dumps(values)
 
 
 def _check_args(values: Sequence[Any]) -> None:
@@ -454,8 +458,10 @@ def _check_args(values: Sequence[Any]) -> None:
 def _json_kwargs(kwargs: object) -> str:
     """Keyword arguments as JSON jsonb stores exactly, named ``kwargs[...]`` when refused."""
     values = _kwargs_value(kwargs)
-    storable.check_json(values, "kwargs")
-    return storable.dumps(values)
+    positional = storable.scan((values,))
+    if positional is None:
+        _check_kwargs(values)
+    return storable.dumps(values) if positional else json.dumps(values)
 
 
 def _check_kwargs(values: Mapping[str, Any]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -90,6 +90,61 @@ def check_json(value: object, where: str) -> None:
     with NUL or a lone surrogate, NaN and infinities, -0.0, ints past 4300 digits, dict
     keys that are not ``str``, tuples and subclasses of the JSON types, nesting deeper
     than ``MAX_DEPTH``. Iterative: any depth is refused without recursing."""
+    if scan(((value,),)) is not None:
+        return
+    _explain(value, where)
+    raise UnstorableValue(f"{where}: cannot be stored")  # pragma: no cover - scan agrees
+
+
+def scan(containers: Iterable[Any]) -> bool | None:
+    """One pass over many calls' ``args`` (lists or tuples) or ``kwargs`` (dicts): None if
+    any part is not storable (``check_json`` then says which), else whether a float needs
+    positional writing (``dumps``; else ``json.dumps`` writes them exactly). A container
+    itself may be a tuple; below it, as in ``check_json``."""
+    positional = False
+    stack: list[tuple[Any, int]] = [(c, -1) for c in containers]
+    while stack:
+        node, depth = stack.pop()
+        kind = type(node)
+        if kind is dict:
+            for key in node:
+                if type(key) is not str or ((not key.isascii() or "\x00" in key) \
+                        and text_problem(key) is not None):
+                    return None
+            items = node.values()
+        elif kind is list or (kind is tuple and depth < 0):
+            items = node
+        else:
+            return None
+        if depth >= MAX_DEPTH and node:
+            return None
+        for item in items:
+            kind = type(item)
+            if kind is str:
+                if (not item.isascii() or "\x00" in item) and text_problem(item) is not None:
+                    return None
+            elif kind is int:
+                if not -_INT_LIMIT < item < _INT_LIMIT:
+                    return None
+            elif kind is float:
+                if not _SAFE_FLOAT_MIN <= abs(item) < _SAFE_FLOAT_MAX:
+                    if _problem(item) is not None:
+                        return None
+                    positional = positional or item != 0.0
+            elif kind is list or kind is dict:
+                stack.append((item, depth + 1))
+            elif item is not None and kind is not bool:
+                return None
+    return positional
+
+
+# Floats whose repr has no exponent (and is not -0.0): json.dumps writes them exactly.
+_SAFE_FLOAT_MIN, _SAFE_FLOAT_MAX = 1e-4, 1e16
+
+
+def _explain(value: object, where: str) -> None:
+    """Raise ``UnstorableValue`` for the first part of ``value`` that cannot be stored,
+    named by its path from ``where``."""
     stack: list[tuple[object, str, int]] = [(value, where, 0)]
     while stack:
         node, path, depth = stack.pop()
@@ -131,25 +186,31 @@ def dumps(value: Any) -> str:
     """``value`` as JSON that jsonb gives back exactly: as ``json.dumps`` writes it, except
     that every float is written positionally with a decimal point (``1e16`` would come back
     from jsonb's ``numeric`` as the int 10000000000000000). Checks nothing beyond what
-    ``json.dumps`` checks; ``check_json`` first."""
-    if not _has_float(value):
+    ``json.dumps`` checks; ``check_json`` first. Only the parts holding such a float are
+    written in Python; the rest by ``json.dumps``."""
+    if not _needs_positional(value):
         return json.dumps(value, allow_nan=False)
-    return "".join(_encode(value))
+    kind = type(value)
+    if kind is float or isinstance(value, float):
+        return float_text(value)
+    if kind is dict:
+        return "{" + ", ".join(f"{json.dumps(k if type(k) is str else json.dumps(k))}: "
+                               f"{dumps(v)}" for k, v in value.items()) + "}"
+    return "[" + ", ".join(dumps(item) for item in value) + "]"
 
 
-def _has_float(value: Any) -> bool:
+def _needs_positional(value: Any) -> bool:
     stack = [value]
     while stack:
         node = stack.pop()
         kind = type(node)
-        if kind is float:
-            return True
-        if kind is list or kind is tuple:
+        if kind is float or (isinstance(node, float) and kind is not bool):
+            if not _SAFE_FLOAT_MIN <= abs(node) < _SAFE_FLOAT_MAX and node != 0.0:
+                return True
+        elif kind is list or kind is tuple:
             stack.extend(node)
         elif kind is dict:
             stack.extend(node.values())
-        elif isinstance(node, float):
-            return True
     return False
 
 
@@ -162,27 +223,3 @@ def float_text(value: float) -> str:
     if "e" in text:
         text = format(Decimal(text), "f")
     return text if "." in text else text + ".0"
-
-
-def _encode(value: Any) -> Iterator[str]:
-    kind = type(value)
-    if kind is float or isinstance(value, float):
-        yield float_text(value)
-    elif kind is list or kind is tuple:
-        yield "["
-        for index, item in enumerate(value):
-            if index:
-                yield ", "
-            yield from _encode(item)
-        yield "]"
-    elif kind is dict:
-        yield "{"
-        for index, (key, item) in enumerate(value.items()):
-            if index:
-                yield ", "
-            yield json.dumps(key if type(key) is str else json.dumps(key))
-            yield ": "
-            yield from _encode(item)
-        yield "}"
-    else:
-        yield json.dumps(value, allow_nan=False)

@@ -101,3 +101,21 @@ def test_retry_delay_still_doubles_per_attempt() -> None:
         delays.append(decisions.retry_delay(task, ended, error_exit=False, raised=[],
                                             default_backoff=5, jitter=lambda _lo, _hi: 1.0))
     assert delays == [1.0, 2.0, 4.0]
+
+
+def test_the_fast_scan_agrees_with_check_json() -> None:
+    deep: Any = "x"
+    for _ in range(storable.MAX_DEPTH + 1):
+        deep = [deep]
+    samples: list[Any] = [None, True, 1, 0.0, -0.0, 1e16, 1e-5, 0.1, float("nan"), "a\x00",
+                          "\ud800", "é", 10 ** 4300, 10 ** 4300 - 1, (1,), [(1,)], {1: 2},
+                          {"a\x00": 1}, {"é": [1.5]}, deep, deep[0], object()]
+    for value in samples:
+        try:
+            storable.check_json(value, "x")
+            refused = False
+        except UnstorableValue:
+            refused = True
+        assert (storable.scan(((value,),)) is None) is refused, value
+    assert storable.scan([(1, "a"), [2.5], {"k": 1e16}]) is True  # containers may be tuples
+    assert storable.scan([(1, "a"), [2.5], {"k": 1e15}]) is False
