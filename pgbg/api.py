@@ -7,32 +7,45 @@ the database untouched.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import math
 import os
 import socket
+import sys
 import time
 import types
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 import psycopg
 
-from pgbg import db, notify, queries
+from pgbg import db, notify, queries, storable
+from pgbg.decisions import MAX_BACKOFF
 from pgbg.exceptions import (
     DatabaseUnavailable,
+    EnqueueFailed,
     InvalidOption,
     InvalidTaskFunction,
     InvalidTaskId,
     NotSerializable,
+    OptionOutOfRange,
+    SchemaMissing,
     TaskAlreadyStarted,
     TaskFailed,
     TaskNotFound,
+    UnstorableValue,
 )
 from pgbg.models import BackgroundTask, QueuedTask, TaskStatus
+
+# What the columns hold (pgbg/schema.py; migration 0010 adds the CHECK constraints).
+INT_MIN, INT_MAX = -(2 ** 31), 2 ** 31 - 1  # priority, num_proc, num_of_task_type values
+MAX_ATTEMPTS = 1000  # max_attempts is 1..MAX_ATTEMPTS
+MAX_DELAY = 100 * 365.25 * 86400.0  # delay= (seconds): a century, well inside timestamptz
 
 WAIT_POLL_INTERVAL = 5.0  # the fallback when a completion NOTIFY is missed
 POLL_ONLY_INTERVAL = 0.2  # how often wait_task looks at the row when it may not LISTEN
@@ -106,9 +119,40 @@ def enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
         **_retry(retry_on, retry_backoff),
     }
     if connection is None:
-        with db.shared_connection() as conn:
+        with db.shared_connection() as conn, _database_errors():
             return _insert(lambda sql, p: conn.execute(sql, p).fetchall(), params)
-    return _insert(_executor(connection), params)
+    execute = _executor(connection)
+    with _database_errors():
+        return _insert(execute, params)
+
+
+@contextlib.contextmanager
+def _database_errors() -> Iterator[None]:
+    """A driver's error while queueing, as a ``PgbgError`` (the driver's is its cause)."""
+    try:
+        yield
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+        raise SchemaMissing() from exc
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"the database could not be reached: {exc}") from exc
+    except Exception as exc:
+        if not _is_driver_error(exc):
+            raise
+        raise EnqueueFailed(f"the database refused to queue the task: "
+                            f"{type(exc).__name__}: {exc}") from exc
+
+
+def _is_driver_error(exc: Exception) -> bool:
+    """Whether ``exc`` is a database driver's (psycopg's, SQLAlchemy's, psycopg2's) error.
+    SQLAlchemy and psycopg2 are looked up only if loaded: their errors cannot occur else."""
+    if isinstance(exc, psycopg.Error):
+        return True
+    for module, name in (("sqlalchemy.exc", "SQLAlchemyError"), ("psycopg2", "Error")):
+        loaded = sys.modules.get(module)
+        cls = getattr(loaded, name, None) if loaded is not None else None
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
 
 
 def _insert(execute: queries.Executor, params: dict[str, Any]) -> Result:
@@ -132,9 +176,10 @@ def _schedule(run_at: object, delay: object) -> dict[str, Any]:
     if isinstance(delay, timedelta):
         delay = delay.total_seconds()
     if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
-                              or not 0 <= delay < float("inf")):
-        raise InvalidOption(f"delay must be a non-negative number of seconds, not {delay!r}")
-    return {"run_at": None, "delay": delay}
+                              or not 0 <= delay <= MAX_DELAY):
+        raise InvalidOption(f"delay must be a number of seconds from 0 to {MAX_DELAY:.0f} "
+                            f"(a century), not {_short(delay)}")
+    return {"run_at": None, "delay": None if delay is None else float(delay)}
 
 
 def _retry(retry_on: object, backoff: object) -> dict[str, Any]:
@@ -143,22 +188,26 @@ def _retry(retry_on: object, backoff: object) -> dict[str, Any]:
         if isinstance(retry_on, (str, type)) or not isinstance(retry_on, Sequence):
             raise InvalidOption("retry_on must be a list of exception classes or names")
         names = []
-        for item in retry_on:
+        for index, item in enumerate(retry_on):
             if isinstance(item, type) and issubclass(item, BaseException):
                 names.append(f"{item.__module__}.{item.__qualname__}")
             elif isinstance(item, str) and item:
+                storable.check_text(item, f"retry_on[{index}]")
                 names.append(item if "." in item else f"builtins.{item}")
             else:
                 raise InvalidOption(f"retry_on: {item!r} is not an exception class or name")
     if backoff is not None and (isinstance(backoff, bool) or not isinstance(backoff, (int, float))
-                                or not 0 <= backoff < float("inf")):
-        raise InvalidOption(f"retry_backoff must be a non-negative number, not {backoff!r}")
+                                or not 0 <= backoff <= MAX_BACKOFF):
+        raise InvalidOption(f"retry_backoff must be a number of seconds from 0 to "
+                            f"{MAX_BACKOFF:g}, not {_short(backoff)}")
     return {"retry_on": names, "retry_backoff": None if backoff is None else float(backoff)}
 
 
 def _unique(unique_key: object, while_running: object) -> dict[str, Any]:
     if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
         raise InvalidOption(f"unique_key must be a non-empty string, not {unique_key!r}")
+    if unique_key is not None:
+        storable.check_text(unique_key, "unique_key")
     if not isinstance(while_running, bool):
         raise InvalidOption("unique_while_running must be True or False")
     return {"unique_key": unique_key, "unique_running": while_running}
@@ -189,17 +238,18 @@ def enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Sequence[An
         end = start + BULK_BATCH
         batches.append({
             **common, "ids": json.dumps(hex_ids[start:end]),
-            "args": _json_each(args_values[start:end], start, _json_args),
+            "args": _json_each(args_values[start:end], start, _check_args),
             "kwargs": None if kwargs_values is None else _json_each(
-                kwargs_values[start:end], start, _json_kwargs)})
+                kwargs_values[start:end], start, _check_kwargs)})
     if connection is None:
-        with db.shared_connection() as conn, conn.transaction():
+        with db.shared_connection() as conn, _database_errors(), conn.transaction():
             for batch in batches:
                 queries.task_insert_many(lambda sql, p: _rows(conn.execute(sql, p)), batch)
     else:
         execute = _executor(connection)
-        for batch in batches:
-            queries.task_insert_many(execute, batch)
+        with _database_errors():
+            for batch in batches:
+                queries.task_insert_many(execute, batch)
     return [Result(uuid.UUID(int=i)) for i in ids]
 
 
@@ -233,18 +283,17 @@ def _each_call(values: Sequence[Any], check: Callable[[object], Any],
     return checked
 
 
-def _json_each(values: Sequence[Any], first: int, check: Callable[[object], str]) -> str:
-    """A batch of calls' ``args`` (or ``kwargs``) as one JSON array; on failure, the
-    failing call and argument are named (``check`` is the one-call serialiser)."""
-    try:
-        return json.dumps(values, allow_nan=False)
-    except (TypeError, ValueError):
-        for offset, value in enumerate(values):
+def _json_each(values: Sequence[Any], first: int, check: Callable[[Any], None]) -> str:
+    """A batch of calls' ``args`` (or ``kwargs``) as one JSON array, each call checked by
+    ``check`` (the one-call check); on failure, the failing call and argument are named."""
+    positional = storable.scan(values)  # one pass over the batch: the common case
+    if positional is None:
+        for offset, value in enumerate(values):  # find the culprit and name it
             try:
                 check(value)
             except NotSerializable as exc:
-                raise NotSerializable(f"call {first + offset}: {exc}") from exc
-        raise
+                raise type(exc)(f"call {first + offset}: {exc}") from exc
+    return storable.dumps(values) if positional else json.dumps(values)
 
 
 def _options(func: Callable[..., Any] | str, task_type: str, priority: int, num_proc: int,
@@ -256,8 +305,8 @@ def _options(func: Callable[..., Any] | str, task_type: str, priority: int, num_
         "task_type": _task_type(task_type),
         "priority": _int("priority", priority),
         "num_proc": _int("num_proc", num_proc, minimum=0),
-        "num_of_task_type": _json(_type_limits(num_of_task_type), "num_of_task_type"),
-        "max_attempts": _int("max_attempts", max_attempts, minimum=1),
+        "num_of_task_type": json.dumps(_type_limits(num_of_task_type)),
+        "max_attempts": _int("max_attempts", max_attempts, minimum=1, maximum=MAX_ATTEMPTS),
         "timeout": _seconds("timeout", timeout),
     }
 
@@ -313,23 +362,44 @@ def function_name(func: Callable[..., Any] | str) -> str:
 def _task_type(task_type: object) -> str:
     if not isinstance(task_type, str) or not task_type.strip():
         raise InvalidOption(f"task_type must be a non-empty string, not {task_type!r}")
-    return task_type
+    return storable.check_text(task_type, "task_type")
 
 
-def _int(name: str, value: object, *, minimum: int | None = None) -> int:
+def _int(name: str, value: object, *, minimum: int = INT_MIN, maximum: int = INT_MAX) -> int:
+    """An int option within its column's range (``OptionOutOfRange`` outside it)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidOption(f"{name} must be an int, not {type(value).__name__} {value!r}")
-    if minimum is not None and value < minimum:
-        raise InvalidOption(f"{name} must be >= {minimum}, not {value}")
-    return value
+        raise InvalidOption(f"{name} must be an int, not {type(value).__name__} {_short(value)}")
+    if value < minimum:
+        raise (OptionOutOfRange if minimum == INT_MIN else InvalidOption)(
+            f"{name} must be >= {minimum}, not {_short(value)}")
+    if value > maximum:
+        raise OptionOutOfRange(f"{name} must be <= {maximum}, not {_short(value)}")
+    return int(value)
+
+
+def _finite(value: float) -> bool:
+    """Whether ``value`` is a finite float or an int a float can hold."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _short(value: object) -> str:
+    """``repr(value)`` for a message: an int of any size, a long value cut short."""
+    if isinstance(value, int) and not -(10 ** 30) < value < 10 ** 30:
+        return f"an int of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _seconds(name: str, value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
-            or value == float("inf"):
-        raise InvalidOption(f"{name} must be a positive number of seconds, not {value!r}")
+            or not _finite(value):
+        raise InvalidOption(f"{name} must be a positive (finite) number of seconds, "
+                            f"not {_short(value)}")
     return float(value)
 
 
@@ -342,16 +412,12 @@ def _type_limits(limits: object) -> dict[str, int]:
     for key, value in limits.items():
         if not isinstance(key, str) or not key:
             raise InvalidOption(f"num_of_task_type keys must be task type names, not {key!r}")
+        problem = storable.text_problem(key)
+        if problem is not None:
+            raise UnstorableValue(f"num_of_task_type: key {key!r}: {problem}")
+        # the claim counts in integer: a limit past INT_MAX would stop every claim
         _int(f"num_of_task_type[{key!r}]", value, minimum=1)
-    return dict(limits)
-
-
-def _json(value: Any, what: str) -> str:
-    try:
-        return json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise NotSerializable(
-            f"{what} ({type(value).__name__}) is not JSON-serialisable: {exc}") from exc
+    return {key: int(value) for key, value in limits.items()}
 
 
 def _args_value(args: object) -> list[Any]:
@@ -375,23 +441,31 @@ def _kwargs_value(kwargs: object) -> dict[str, Any]:
 
 
 def _json_args(args: object) -> str:
+    """Positional arguments as JSON jsonb stores exactly (``storable``)."""
     values = _args_value(args)
-    try:
-        return json.dumps(values, allow_nan=False)
-    except (TypeError, ValueError):
-        for index, value in enumerate(values):  # only on failure: find the culprit
-            _json(value, f"positional argument {index}")
-        raise
+    positional = storable.scan((values,))
+    if positional is None:
+        _check_args(values)
+    return storable.dumps(values) if positional else json.dumps(values)
+
+
+def _check_args(values: Sequence[Any]) -> None:
+    """Refuse what jsonb cannot store exactly, naming it ``args[i]...``."""
+    for index, value in enumerate(values):
+        storable.check_json(value, f"args[{index}]")
 
 
 def _json_kwargs(kwargs: object) -> str:
+    """Keyword arguments as JSON jsonb stores exactly, named ``kwargs[...]`` when refused."""
     values = _kwargs_value(kwargs)
-    try:
-        return json.dumps(values, allow_nan=False)
-    except (TypeError, ValueError):
-        for key, value in values.items():
-            _json(value, f"keyword argument {key!r}")
-        raise
+    positional = storable.scan((values,))
+    if positional is None:
+        _check_kwargs(values)
+    return storable.dumps(values) if positional else json.dumps(values)
+
+
+def _check_kwargs(values: Mapping[str, Any]) -> None:
+    storable.check_json(values, "kwargs")
 
 
 def _rows(result: Any) -> list[Any]:

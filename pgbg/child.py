@@ -17,7 +17,8 @@ import traceback
 from dataclasses import fields
 from typing import Any, NoReturn
 
-from pgbg import context
+from pgbg import context, storable
+from pgbg.exceptions import UnstorableValue
 from pgbg.models import BackgroundTask
 
 PR_SET_PDEATHSIG = 1
@@ -130,9 +131,9 @@ def _call(task: dict[str, Any]) -> tuple[dict[str, Any], int]:
     except BaseException as exc:
         return {**outcome, "status": "failed", "error": traceback.format_exc(),
                 "exception_types": exception_names(type(exc))}, 1
-    try:
-        json.dumps(result, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    try:  # what jsonb cannot store exactly is refused here, by the rule enqueue applies
+        storable.check_json(result, "result")
+    except UnstorableValue as exc:
         return {**outcome, "status": "failed",
-                "error": f"the return value is not JSON-serialisable: {exc}"}, 1
+                "error": f"the return value cannot be stored: {exc}"}, 1
     return {**outcome, "status": "succeeded", "result": result}, 0

@@ -62,5 +62,20 @@ def retry_delay(task: BackgroundTask, ended: Outcome, *, error_exit: bool,
         return None
     if task.retry_on is not None and not set(raised) & set(task.retry_on):
         return None
-    base = default_backoff if task.retry_backoff is None else task.retry_backoff
-    return float(min(MAX_BACKOFF, base * 2 ** (task.attempt - 1) * jitter(0.5, 1.5)))
+    return backoff(task.retry_backoff, default_backoff, task.attempt, jitter(0.5, 1.5))
+
+
+MAX_DOUBLINGS = 64  # 2**64 times any backoff worth waiting is past MAX_BACKOFF already
+
+
+def backoff(base: float | None, default: float, attempt: int, factor: float) -> float:
+    """``base`` (None: ``default``) doubled per attempt after the first, times ``factor``,
+    within [0, MAX_BACKOFF]. Never overflows, whatever a row holds: the exponent is capped
+    and a base that is negative, NaN or past MAX_BACKOFF is brought into range first."""
+    value = default if base is None else base
+    if not 0 <= value <= MAX_BACKOFF:  # NaN fails both comparisons
+        value = MAX_BACKOFF if value > MAX_BACKOFF else 0.0
+    if not 0 <= factor <= 2:
+        factor = 1.0
+    doublings = min(max(attempt - 1, 0), MAX_DOUBLINGS)
+    return float(min(MAX_BACKOFF, value * float(2 ** doublings) * factor))

@@ -72,3 +72,15 @@ class TaskFailed(PgbgError):
         super().__init__(message)
         self.status = status
         self.error = error
+
+
+class UnstorableValue(NotSerializable, ValueError):
+    """The value cannot be stored in PostgreSQL and read back exactly."""
+
+
+class OptionOutOfRange(InvalidOption):
+    """An option is outside the range its database column holds."""
+
+
+class EnqueueFailed(PgbgError):
+    """The database refused to queue the task."""

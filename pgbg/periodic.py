@@ -24,12 +24,13 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from pgbg import api, db, notify, queries
+from pgbg import api, db, notify, queries, storable
 from pgbg.exceptions import InvalidOption, PeriodicNotFound
 
 logger = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+MAX_EVERY = api.MAX_DELAY  # a period longer than a century is not a period
 
 
 # -- schedules -------------------------------------------------------------------------
@@ -84,8 +85,9 @@ def schedule(cron: str | None = None, every: float | timedelta | None = None,
     if every is not None:
         seconds = every.total_seconds() if isinstance(every, timedelta) else every
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
-                or not 1 <= seconds < float("inf"):
-            raise InvalidOption(f"every must be at least 1 second, not {every!r}")
+                or not 1 <= seconds <= MAX_EVERY:
+            raise InvalidOption(f"every must be at least 1 second and at most {MAX_EVERY:.0f} "
+                                f"(a century), not {api._short(every)}")
         return Every(float(seconds))
     from croniter import croniter
 
@@ -173,6 +175,7 @@ def add_periodic(name: str, func: Callable[..., Any] | str, args: Sequence[Any] 
     """
     if not isinstance(name, str) or not name.strip():
         raise InvalidOption(f"a periodic task needs a non-empty name, not {name!r}")
+    storable.check_text(name, "name")
     when = schedule(cron, every, timezone)
     if not isinstance(skip_if_running, bool) or not isinstance(enabled, bool):
         raise InvalidOption("skip_if_running and enabled must be True or False")
@@ -186,12 +189,13 @@ def add_periodic(name: str, func: Callable[..., Any] | str, args: Sequence[Any] 
         "every": when.seconds if isinstance(when, Every) else None, "timezone": timezone,
     }
     if connection is None:
-        with db.shared_connection() as conn, conn.transaction():
+        with db.shared_connection() as conn, api._database_errors(), conn.transaction():
             next_run_at, last_period, last_task_id, _ = _upsert(
                 lambda sql, p: conn.execute(sql, p).fetchall(), params, when)
     else:
-        next_run_at, last_period, last_task_id, _ = _upsert(api._executor(connection), params,
-                                                             when)
+        execute = api._executor(connection)
+        with api._database_errors():
+            next_run_at, last_period, last_task_id, _ = _upsert(execute, params, when)
     return PeriodicTask(**{**params, "args": list(args), "kwargs": dict(kwargs or {}),
                            "num_of_task_type": dict(num_of_task_type or {}),
                            "next_run_at": next_run_at, "last_period": last_period,

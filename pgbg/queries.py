@@ -16,7 +16,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgbg import notify
+from pgbg import notify, storable
 from pgbg.models import BackgroundTask, QueuedTask, TaskStatus
 
 
@@ -186,7 +186,8 @@ def task_step(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str
         Jsonb([{"id": str(o.task_id), "attempt": o.attempt, "status": o.status.value,
                 "result": o.result, "error": o.error, "exit_code": o.exit_code,
                 "signal": o.signal, "error_exit": o.error_exit_recorded,
-                "pid": pid_of.get((o.task_id, o.attempt))} for o in outcomes]),
+                "pid": pid_of.get((o.task_id, o.attempt))} for o in outcomes],
+              dumps=storable.dumps),  # a float result comes back as the same float
         max_claim,
     )).fetchall()
     return Step(claimed=[BackgroundTask.from_wire(task) for kind, task in rows
@@ -543,7 +544,7 @@ def task_requeue(conn: psycopg.Connection[Any], task_id: uuid.UUID,
                           finished_at = NULL, worker_id = NULL, hostname = NULL, pid = NULL,
                           exit_code = NULL, signal = NULL, error = NULL, result = NULL,
                           cancel_requested_at = NULL, cancel_requested_by = NULL,
-                          max_attempts = greatest(max_attempts, attempt + 1)
+                          max_attempts = least(greatest(max_attempts, attempt + 1), 1000)
                     WHERE id = %s""", (task_id,))
             task_log_insert(conn, task_id, "info", note)
             conn.execute("SELECT pg_notify(%s, '')", (notify.QUEUED,))

@@ -40,6 +40,21 @@ task_status = Enum(
 _TERMINAL = "status <> 'queued'::pgbg.task_status AND status <> 'running'::pgbg.task_status"
 _LIMITED = "num_proc > 0 OR num_of_task_type <> '{}'::jsonb"
 
+
+def _option_checks(table: str) -> list[CheckConstraint]:
+    """What the claim and the retry arithmetic rely on (migration 0010 defines
+    ``pgbg.type_limits_valid``); the same on tasks and on periodic tasks."""
+    checks = {
+        "num_of_task_type_valid": "pgbg.type_limits_valid(num_of_task_type)",
+        "num_proc_valid": "num_proc >= 0",
+        "max_attempts_valid": "max_attempts >= 1 AND max_attempts <= 1000",
+        "retry_backoff_valid":
+            "retry_backoff IS NULL OR (retry_backoff >= 0 AND retry_backoff <= 3600)",
+        "timeout_valid": "timeout IS NULL OR (timeout > 0 AND timeout < 'Infinity'::float8)",
+    }
+    return [CheckConstraint(check, name=f"{table}_{name}") for name, check in checks.items()]
+
+
 task = Table(
     "task",
     metadata,
@@ -98,6 +113,7 @@ task = Table(
     # Once per period: a property of the table, not only of the code that writes it.
     Index("task_periodic_period_idx", "periodic", "period", unique=True,
           postgresql_where=text("periodic IS NOT NULL")),
+    *_option_checks("task"),
 )
 
 task_log = Table(
@@ -155,6 +171,7 @@ periodic = Table(
            server_default=text("now()")),
     CheckConstraint("(cron IS NULL) <> (every IS NULL)", name="periodic_one_schedule"),
     CheckConstraint("every IS NULL OR every >= 1", name="periodic_every_positive"),
+    *_option_checks("periodic"),
     Index("periodic_due_idx", "next_run_at", postgresql_where=text("enabled")),
 )
 

@@ -241,3 +241,54 @@ def error_exit_then_clean_up(release: str, done: str) -> None:
     while not Path(release).exists():
         time.sleep(0.01)
     Path(done).write_text("cleaned up")
+
+
+# Return values a task may produce that PostgreSQL cannot store (or not exactly).
+UNSTORABLE_RESULTS: dict[str, Any] = {
+    "nul": "a\x00b",
+    "surrogate": "\ud800",
+    "nested nul": {"k": ["ok", "a\x00b"]},
+    "int key": {1: "one"},
+    "negative zero": -0.0,
+    "huge int": 10 ** 4300,
+}
+_deep: Any = []
+for _ in range(1000):  # deeper than pgbg keeps
+    _deep = [_deep]
+UNSTORABLE_RESULTS["deep"] = _deep
+
+
+def returns(name: str) -> Any:
+    """Return the value ``UNSTORABLE_RESULTS[name]``."""
+    return UNSTORABLE_RESULTS[name]
+
+
+def _shape(value: Any) -> list[str]:
+    """The exact type of every node of ``value``, in order, flat (so it nests no deeper
+    than ``value``): what a JSON-equal copy could lose (int/float, -0.0). A tuple is a
+    JSON array: it is shaped as the list it arrives as."""
+    shape, stack = [], [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            shape.append(f"dict:{len(node)}")
+            for key in reversed(sorted(node)):  # jsonb keeps no key order
+                shape.append(f"key {type(key).__name__}")
+                stack.append(node[key])
+        elif isinstance(node, (list, tuple)):
+            shape.append(f"list:{len(node)}")
+            stack.extend(reversed(node))
+        elif isinstance(node, float):
+            shape.append(f"float {node!r}")  # repr tells -0.0 from 0.0
+        else:
+            shape.append(type(node).__name__)
+    return shape
+
+
+def received(value: Any) -> Any:
+    """Record the exact type of each part of what the function received (as its info:
+    ``_shape``, JSON), and return it unchanged."""
+    import json
+
+    pgbg.record_task_info(json.dumps(_shape(value)))
+    return value

@@ -52,14 +52,14 @@ def test_enqueue_many_takes_any_sequence(conn: psycopg.Connection[Any]) -> None:
 
 def test_enqueue_many_refuses_everything_for_one_bad_call(
         conn: psycopg.Connection[Any]) -> None:
-    with pytest.raises(pgbg.NotSerializable, match=r"call 2: positional argument 0"):
+    with pytest.raises(pgbg.NotSerializable, match=r"call 2: args\[0\]"):
         pgbg.enqueue_many(tasks.add, [(1, 1), (2, 2), (datetime.date.today(), 3)],
                           task_type="bulk")
     with pytest.raises(pgbg.InvalidOption, match="kwargs_list has 1 items"):
         pgbg.enqueue_many(tasks.echo, [[1], [2]], [{}], task_type="bulk")
     with pytest.raises(pgbg.InvalidTaskFunction):
         pgbg.enqueue_many(lambda: 1, [()], task_type="bulk")
-    with pytest.raises(pgbg.NotSerializable, match=r"call 6000: positional argument 1"):
+    with pytest.raises(pgbg.NotSerializable, match=r"call 6000: args\[1\]"):
         pgbg.enqueue_many(tasks.add, [(1, 1)] * 6000 + [(1, float("nan"))], task_type="bulk")
     with pytest.raises(pgbg.InvalidOption, match=r"call 1: args must be a list or tuple"):
         pgbg.enqueue_many(tasks.add, [(1, 1), "ab"], task_type="bulk")

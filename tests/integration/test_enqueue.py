@@ -108,9 +108,9 @@ def test_bad_input_is_refused_and_writes_nothing(conn: psycopg.Connection[Any], 
 
 
 def test_non_json_argument_error_names_the_argument(conn: psycopg.Connection[Any]) -> None:
-    with pytest.raises(TypeError, match=r"positional argument 1 .*date"):
+    with pytest.raises(TypeError, match=r"args\[1\]: date"):
         pgbg.run_in_background(tasks.echo, "t", 1, datetime.date.today())
-    with pytest.raises(TypeError, match="keyword argument 'when'"):
+    with pytest.raises(TypeError, match=r"kwargs\['when'\]"):
         pgbg.run_in_background(tasks.echo, "t", when=object())
     assert count_tasks(conn) == 0
 
