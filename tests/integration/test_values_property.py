@@ -2,10 +2,11 @@
 task function exactly and comes back exactly as its result.
 
 "Exactly" is ``same``: equal and of the same type at every node, so 1 is not 1.0, -0.0
-is not 0.0 (a tuple is a JSON array: it arrives as a list). The task (``pgbg_test_tasks.received``) returns what it
-got and records the exact type of each part of it as its info, so the test sees what the
-function received, not only what was stored. Examples are generated (derandomized: a
-failure replays) and queued by Hypothesis; then one in-process worker runs them in a batch.
+is not 0.0 (a tuple is a JSON array: it arrives as a list). The task
+(``pgbg_test_tasks.received``) returns what it got and records the exact type of each
+part of it as its info, so the test sees what the function received, not only what was
+stored. Examples are generated (derandomized: a failure replays) and queued by
+Hypothesis; then one in-process worker runs them in a batch.
 """
 
 from __future__ import annotations
