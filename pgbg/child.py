@@ -104,8 +104,12 @@ def _isolate(parent_pid: int) -> None:
     """Only what a fork does not inherit: every page this touches is a page copied, in
     every child (stdin is already /dev/null: the fork server's is)."""
     os.setpgid(0, 0)  # own process group: terminating the task kills all it started
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):  # the fork server's: ignored
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the fork server's: ignored
         signal.signal(sig, signal.SIG_DFL)
+    # SIGPIPE stays ignored, as Python sets it at startup: a write to a closed pipe raises
+    # BrokenPipeError in the task instead of killing it (subprocess restores the default
+    # for the programs a task executes).
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # When the process that forked it dies, the kernel signals the child, which kills its
     # whole group, grandchildren included: a task never outlives the worker that owns it.
     signal.signal(PARENT_DIED, _kill_own_group)
