@@ -102,14 +102,22 @@ def url_source() -> str:
     return "embedded"
 
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>://[^:/?#@]*):(?P<pw>[^@/?#]*)@")
-_PASSWORD_PARAM = re.compile(r"(?P<head>(?:^|[?&\s])password=)(?P<pw>[^&\s]*)", re.I)
+# The user info of a URL ends at the token's last "@" (a password may hold "@", ":", "/").
+_PASSWORD_IN_URL = re.compile(r"(?P<head>://[^:/?#@\s]*):(?P<pw>\S*)@")
+# password= as a conninfo keyword or a URL parameter: quoted ('a b', with \' escapes, or
+# "a b"), or bare up to a space or "&". sslpassword and PGPASSWORD too.
+_PASSWORD_PARAM = re.compile(
+    r"(?P<head>(?<![\w])(?:ssl|pg)?password\s*=\s*)"
+    r"(?P<pw>'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^&\s'\"]+)", re.I)
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``; safe to print and log."""
+    """The URL (or conninfo string, or any text naming one) with every password replaced
+    by ``***``, and the value of ``PGPASSWORD`` wherever it appears; safe to print and log."""
     url = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}:***@" if m["pw"] else m[0], url)
-    return _PASSWORD_PARAM.sub(lambda m: f"{m['head']}***", url)
+    url = _PASSWORD_PARAM.sub(lambda m: f"{m['head']}***", url)
+    secret = os.environ.get("PGPASSWORD", "")
+    return url.replace(secret, "***") if len(secret) >= 3 else url
 
 
 def connect(url: str | None = None, *, autocommit: bool = True,
@@ -181,7 +189,7 @@ def shared_connection() -> Iterator[psycopg.Connection[Any]]:
             raise SchemaMissing() from exc
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(
-                f"lost the connection to {mask_url(database_url())}: {exc}"
+                f"lost the connection to {mask_url(database_url())}: {mask_url(str(exc))}"
             ) from exc
 
 
