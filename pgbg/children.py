@@ -51,8 +51,10 @@ class Event(NamedTuple):
 class Children:
     """The fork server and the children of one worker."""
 
-    def __init__(self, selector: selectors.BaseSelector, output_limit: int) -> None:
+    def __init__(self, selector: selectors.BaseSelector, output_limit: int,
+                 allow: tuple[str, ...] | None = None) -> None:
         self.selector = selector
+        self.allow = allow  # module prefixes: each child checks what a name resolves to
         self.output_limit = output_limit  # bytes of each task's stdout/stderr kept
         self.running: dict[str, Child] = {}  # by task id: handed to a spare, until reaped
         self._client: forkserver.Client | None = None
@@ -71,7 +73,7 @@ class Children:
 
     def open(self, database_url: str) -> None:
         self._database_url = database_url
-        self._client = forkserver.Client(database_url)
+        self._client = forkserver.Client(database_url, allow=self.allow)
         self.selector.register(self._client.fileno(), selectors.EVENT_READ, "events")
         self._preloaded.clear()
         self._generation = 0

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from pgbg import context
 from pgbg.exceptions import DatabaseUnavailable, SchemaMissing
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ def database_url() -> str:
     global _resolved_url
     if _explicit_url:
         return _explicit_url
+    if context.database_url:  # in a task: the worker's, inherited in memory
+        return context.database_url
     env = os.environ.get("PGBG_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if env:
         return libpq_url(env)
@@ -95,6 +98,8 @@ def database_url() -> str:
 def url_source() -> str:
     if _explicit_url:
         return "configure()"
+    if context.database_url:
+        return "the worker"
     if os.environ.get("PGBG_DATABASE_URL"):
         return "PGBG_DATABASE_URL"
     if os.environ.get("DATABASE_URL"):
@@ -118,6 +123,16 @@ def mask_url(url: str) -> str:
     url = _PASSWORD_PARAM.sub(lambda m: f"{m['head']}***", url)
     secret = os.environ.get("PGPASSWORD", "")
     return url.replace(secret, "***") if len(secret) >= 3 else url
+
+
+def without_password(url: str) -> str:
+    """``url`` (or a conninfo string) with no password in it, for an environment variable:
+    whatever reads it connects as the same user and finds the password elsewhere (the
+    password file, ``PGPASSWORD``) or not at all."""
+    url = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}@", url)
+    url = re.sub(r"(?<=[?&])(?:ssl)?password=[^&]*(?:&|$)", "", url, flags=re.I)
+    url = re.sub(r"[?&]$", "", url)
+    return _PASSWORD_PARAM.sub("", url).strip()
 
 
 def connect(url: str | None = None, *, autocommit: bool = True,

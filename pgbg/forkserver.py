@@ -11,6 +11,8 @@ reused), and it tells the worker how each one exited. Task modules the worker na
 imported here once, so every later child starts with them loaded.
 
 Protocol: one JSON object per datagram of a ``SOCK_SEQPACKET`` socket. From the worker:
+first ``{"op": "setup", "database_url", "allow"}`` (kept in memory, inherited by every
+child: never in an environment), then
 ``{"op": "used", "pid"}`` (a spare was given a task: fork another),
 ``{"op": "signal", "pid", "sig"}`` (honoured only for a child given a task),
 ``{"op": "preload", "module"}`` (import it; the spares forked before are retired).
@@ -34,6 +36,7 @@ import signal
 import socket
 import sys
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -293,19 +296,28 @@ class Spare:
 class Client:
     """The worker's end: starts the fork server, sends it commands, reads its events."""
 
-    def __init__(self, database_url: str, spares: int = SPARES) -> None:
+    def __init__(self, database_url: str, spares: int = SPARES,
+                 allow: Sequence[str] | None = None) -> None:
+        """``allow``: the worker's module prefixes (None: any), checked again by each child
+        on what a task's name resolves to."""
         import subprocess  # here, not at the top: the fork server itself never needs it
 
+        from pgbg.db import without_password
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # It imports task modules as the worker would.
+        # It imports task modules as the worker would. The URL with its password travels
+        # on the socket, not in the environment every task (and what it runs) inherits.
         path = os.pathsep.join(p for p in sys.path if p)
-        env = {**os.environ, "PYTHONPATH": path, "PGBG_DATABASE_URL": database_url}
+        env = {**os.environ, "PYTHONPATH": path,
+               "PGBG_DATABASE_URL": without_password(database_url)}
         self.process: subprocess.Popen[bytes] = subprocess.Popen(
             [sys.executable, "-m", "pgbg.forkserver", str(theirs.fileno()), str(os.getpid()),
              str(spares)],
             pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self.sock = ours
+        ours.send(json.dumps({"op": "setup", "database_url": database_url,
+                              "allow": list(allow) if allow is not None else None}).encode())
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -383,7 +395,13 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)  # every child's stdin, inherited
     os.dup2(devnull, 0)
     os.close(devnull)
-    Server(socket.socket(fileno=sock_fd), spares).serve()
+    sock = socket.socket(fileno=sock_fd)
+    setup = sock.recv(1 << 20)  # the worker's first datagram, before anything is forked
+    if not setup:
+        os._exit(0)  # the worker is gone already
+    command = json.loads(setup)
+    child.setup(command["database_url"], command["allow"])
+    Server(sock, spares).serve()
 
 
 if __name__ == "__main__":

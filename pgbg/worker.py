@@ -91,7 +91,7 @@ class Worker:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         # output_limit: bytes of each task's stdout/stderr kept in its log
-        self._children = children.Children(self._selector, output_limit)
+        self._children = children.Children(self._selector, output_limit, self.allow)
         # Claimed as a running child reported its outcome, started once that child has
         # exited: the claim's round trip overlaps the child's exit instead of following it.
         self._ready: list[Child] = []

@@ -158,3 +158,33 @@ def test_every_package_is_shipped() -> None:
         "__init__.py")}
     found |= {"pgbg.migrations", "pgbg.migrations.versions"}  # mapped from migrations/
     assert found == listed
+
+
+@pytest.mark.parametrize(("func", "expected"), [
+    ("myapp.tasks:run", True),
+    ("myapp.tasks.sub:Cls.method", True),
+    ("myapp.tasks:os.system", True),  # syntax only: the child checks what it resolves to
+    ("myapp.tasksx:run", False),
+    ("os:system", False),
+    ("myapp.tasks:", False),
+    ("myapp.tasks", False),
+    ("myapp.tasks:run()", False),
+    ("myapp.tasks:run.__globals__", True),  # identifiers; the child refuses a non-function
+    ("myapp.tasks:a..b", False),
+    ("myapp.tasks:a b", False),
+    ("myapp..tasks:run", False),
+])
+def test_allowed_checks_module_and_qualname_syntax(func: str, expected: bool) -> None:
+    from pgbg import decisions
+
+    assert decisions.allowed(func, ["myapp.tasks"]) is expected
+
+
+@pytest.mark.parametrize(("url", "bare"), [
+    ("postgresql://u:s3cr@t@h/db?sslmode=require", "postgresql://u@h/db?sslmode=require"),
+    ("postgresql:///db?password=s3cret&host=/tmp", "postgresql:///db?host=/tmp"),
+    ("postgresql:///db?host=/tmp&password=s3cret", "postgresql:///db?host=/tmp"),
+    ("postgresql://u@/db?host=/tmp", "postgresql://u@/db?host=/tmp"),
+])
+def test_the_environment_gets_the_url_without_its_password(url: str, bare: str) -> None:
+    assert db.without_password(url) == bare
