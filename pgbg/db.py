@@ -11,6 +11,7 @@ fresh ones are opened on demand.
 
 from __future__ import annotations
 
+import importlib.metadata as _metadata
 import os
 import re
 import threading
@@ -37,6 +38,18 @@ _idle: list[psycopg.Connection[Any]] = []  # this process's spare connections (`
 # Its own lock: a wait must not queue behind another thread's use of the shared connection.
 _idle_lock = threading.Lock()
 MAX_IDLE = 4
+try:
+    VERSION = _metadata.version("pgbg")
+except _metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+    VERSION = "unknown"
+NAME_LIMIT = 63  # bytes of application_name PostgreSQL keeps
+
+
+def versioned_name(name: str) -> str:
+    """``name`` and pgbg's version, as every pgbg connection shows itself in
+    ``pg_stat_activity`` (``pgbg doctor`` compares the workers' versions)."""
+    suffix = f" v{VERSION}"
+    return name.encode()[:NAME_LIMIT - len(suffix.encode())].decode(errors="ignore") + suffix
 
 
 def configure(url: str | None = None, *, engine: Engine | None = None,
@@ -141,7 +154,7 @@ def connect(url: str | None = None, *, autocommit: bool = True,
     target = url or database_url()
     try:
         return psycopg.connect(target, autocommit=autocommit, connect_timeout=10,
-                               application_name=application_name)
+                               application_name=versioned_name(application_name))
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailable(
