@@ -15,7 +15,8 @@ first ``{"op": "setup", "database_url", "allow"}`` (kept in memory, inherited by
 child: never in an environment), then
 ``{"op": "used", "pid"}`` (a spare was given a task: fork another),
 ``{"op": "signal", "pid", "sig"}`` (honoured only for a child given a task),
-``{"op": "preload", "module"}`` (import it; the spares forked before are retired).
+``{"op": "preload", "module"}`` (import it once a throwaway child has; the spares forked before
+are retired).
 To the worker: ``{"ev": "spare", "pid", "generation"}`` with four descriptors — the
 task pipe's write end, the report and output pipes' read ends, a pidfd — and
 ``{"ev": "exited", "pid", "status"}`` (the wait status) for every child reaped. End of file
@@ -35,6 +36,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     import subprocess
 
 SPARES = 2  # children kept forked and waiting: two starts in a row wait for no fork
+PRELOAD_TIMEOUT = 30.0  # seconds a trial import may take before the module is never preloaded
 FD_SIZE = array.array("i").itemsize
 
 
@@ -57,14 +60,26 @@ class _Forked:
 
 
 @dataclass
+class _Trial:
+    """A throwaway child importing a module before the fork server does."""
+
+    module: str
+    pid: int
+    pidfd: int
+    deadline: float  # monotonic
+
+
+@dataclass
 class Server:
     sock: socket.socket
     spares: int = SPARES
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
     children: dict[int, _Forked] = field(default_factory=dict)  # forked, not yet reaped
     outgoing: deque[tuple[bytes, list[int]]] = field(default_factory=deque)
-    generation: int = 0  # preloads done: a spare forked before the last one lacks it
+    generation: int = 0  # preloads asked for: a spare forked before the last one lacks it
     accepting: bool = True
+    trials: dict[int, _Trial] = field(default_factory=dict)  # trial imports under way
+    tried: set[str] = field(default_factory=set)  # modules tried (imported here or refused)
 
     def serve(self) -> None:
         gc.freeze()
@@ -72,15 +87,19 @@ class Server:
         self.selector.register(self.sock, selectors.EVENT_READ, "sock")
         while self.accepting or self.children:
             short = self.accepting and self.spare_count() < self.spares
-            ready = self.selector.select(0 if short else None)
+            timeout = 0 if short else self.next_trial_deadline()
+            ready = self.selector.select(timeout)
             for key, mask in ready:
                 if key.data == "sock":
                     if mask & selectors.EVENT_WRITE:
                         self.flush()
                     if mask & selectors.EVENT_READ:
                         self.read_commands()
+                elif isinstance(key.data, _Trial):
+                    self.trial_ended(key.data)
                 else:
                     self.reap(key.data)
+            self.expire_trials()
             if short and not ready:  # nothing else waits: fork one, then look again
                 self.fork_spare()
 
@@ -130,15 +149,79 @@ class Server:
             elif command["op"] == "signal" and forked is not None and not forked.spare:
                 _kill(forked.pid, command["sig"])
             elif command["op"] == "preload":
-                with contextlib.suppress(Exception):  # the child reports the error properly
-                    importlib.import_module(command["module"])
-                gc.freeze()  # never collected in a child, so never copied by its collector
-                self.generation += 1
+                self.generation += 1  # the worker counts every preload it asks for
                 for older in self.children.values():
                     older.spare = False  # the worker retires them: end of file, they exit
+                self.start_trial(command["module"])
+
+    # -- preloading --------------------------------------------------------------------
+    # A module is imported here only after a throwaway child imported it without fail
+    # within PRELOAD_TIMEOUT: an import that exits, raises or hangs harms that child alone
+    # (the module is then never preloaded; each task imports it in its own child and
+    # fails there). The trial runs beside the loop, so nothing here waits for it.
+
+    def start_trial(self, module: str) -> None:
+        if module in self.tried or any(t.module == module for t in self.trials.values()):
+            return
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the trial child, which never returns
+            code = 1
+            try:
+                os.setpgid(0, 0)  # its own group: killed with whatever it started
+                if child.libc is not None:
+                    child.libc.prctl(child.PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.dup2(devnull, 2)
+                os.closerange(3, 1 << 20)  # not the socket: the worker's end of file stays ours
+                importlib.import_module(module)
+                code = 0
+            except BaseException:  # its exit code says it failed
+                code = 1
+            finally:
+                os._exit(code)
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+        trial = _Trial(module, pid, os.pidfd_open(pid), time.monotonic() + PRELOAD_TIMEOUT)
+        self.trials[pid] = trial
+        self.selector.register(trial.pidfd, selectors.EVENT_READ, trial)
+
+    def trial_ended(self, trial: _Trial) -> None:
+        status = self.end_trial(trial)
+        if status == 0 and self.accepting:
+            try:
+                importlib.import_module(trial.module)
+            except BaseException:  # SystemExit, KeyboardInterrupt too
+                sys.modules.pop(trial.module, None)
+            gc.freeze()  # never collected in a child, so never copied by its collector
+
+    def end_trial(self, trial: _Trial) -> int:
+        """Kill what is left in the trial's group (not yet reaped, so its pid and group id
+        cannot have been reused), then reap it; its wait status."""
+        _kill(trial.pid, signal.SIGKILL)
+        _pid, status = os.waitpid(trial.pid, 0)
+        self.selector.unregister(trial.pidfd)
+        os.close(trial.pidfd)
+        del self.trials[trial.pid]
+        self.tried.add(trial.module)
+        return status
+
+    def next_trial_deadline(self) -> float | None:
+        if not self.trials:
+            return None
+        return max(0.0, min(t.deadline for t in self.trials.values()) - time.monotonic())
+
+    def expire_trials(self) -> None:
+        now = time.monotonic()
+        for trial in [t for t in self.trials.values() if t.deadline <= now]:
+            self.end_trial(trial)  # too slow: never preloaded
 
     def worker_gone(self) -> None:
         """Nothing we started may outlive the worker."""
+        for trial in list(self.trials.values()):
+            self.end_trial(trial)
         self.accepting = False
         self.selector.unregister(self.sock)
         for _data, fds in self.outgoing:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pgbg_test_tasks as tasks
+import pytest
 from conftest import Driver
 
 import pgbg
+from pgbg.worker import FORKSERVER_LOST
 
 
 def _run(driver: Driver, func: str, *args: object) -> pgbg.BackgroundTask:
@@ -19,3 +22,38 @@ def test_a_write_to_a_closed_pipe_raises_broken_pipe(make_worker: Callable[..., 
     task = _run(make_worker(1), "pgbg_test_hostile:write_to_closed_pipe")
     assert (task.status, task.result) == (pgbg.TaskStatus.SUCCEEDED, "BrokenPipeError")
     assert task.signal is None
+
+
+@pytest.mark.parametrize(("module", "error"), [
+    ("pgbg_test_import_exits", "exited with code 3"),
+    ("pgbg_test_import_interrupts", "KeyboardInterrupt"),
+    ("pgbg_test_import_raises", "ValueError: broken at import"),
+])
+def test_a_module_whose_import_fails_harms_only_its_task(
+        make_worker: Callable[..., Driver], module: str, error: str) -> None:
+    driver = make_worker(1)
+    warm = pgbg.run_in_background(tasks.add, "t", 1, 1)
+    driver.until_done(warm)
+    server = driver.worker.forkserver_pid
+    bad = _run(driver, f"{module}:run")
+    assert bad.status is pgbg.TaskStatus.FAILED and error in (bad.error or "")
+    assert bad.error != FORKSERVER_LOST
+    for _ in range(2):  # again: still refused, still harmless
+        assert _run(driver, f"{module}:run").status is pgbg.TaskStatus.FAILED
+    after = _run(driver, "pgbg_test_tasks:add", 2, 3)
+    assert (after.status, after.result) == (pgbg.TaskStatus.SUCCEEDED, 5)
+    assert driver.worker.forkserver_pid == server  # the same fork server throughout
+
+
+def test_a_module_whose_import_hangs_does_not_freeze_the_fork_server(
+        make_worker: Callable[..., Driver]) -> None:
+    driver = make_worker(1)
+    warm = pgbg.run_in_background(tasks.add, "t", 1, 1)
+    driver.until_done(warm)
+    server = driver.worker.forkserver_pid
+    hung = pgbg.enqueue("pgbg_test_import_hangs:run", task_type="t", timeout=3)
+    driver.until_done(hung)
+    assert pgbg.get_task(hung).status is pgbg.TaskStatus.FAILED  # its own time limit
+    after = _run(driver, "pgbg_test_tasks:add", 2, 3)
+    assert (after.status, after.result) == (pgbg.TaskStatus.SUCCEEDED, 5)
+    assert driver.worker.forkserver_pid == server
