@@ -23,6 +23,7 @@ from pgbg.allowlist import defined_in_allowed, dotted, module_allowed
 from pgbg.exceptions import InvalidTaskFunction, NotAllowed
 from pgbg.models import BackgroundTask
 
+MAX_REPORT = 32 << 20  # bytes of one report line; the worker discards longer ones
 PR_SET_PDEATHSIG = 1
 PARENT_DIED = signal.SIGRTMIN + 3  # sent by the kernel when the forking process dies
 try:  # loaded once before forking, so a child pays nothing for it
@@ -164,8 +165,12 @@ def _call(task: dict[str, Any],
         return {**outcome, "status": "failed", "error": traceback.format_exc(),
                 "exception_types": exception_names(type(exc))}, 1
     try:
-        json.dumps(result, allow_nan=False)
+        size = len(json.dumps(result, allow_nan=False))
     except (TypeError, ValueError) as exc:
         return {**outcome, "status": "failed",
                 "error": f"the return value is not JSON-serialisable: {exc}"}, 1
+    if size > MAX_REPORT - 4096:
+        return {**outcome, "status": "failed",
+                "error": f"the return value is {size} bytes as JSON, over the limit of "
+                         f"{MAX_REPORT - 4096}"}, 1
     return {**outcome, "status": "succeeded", "result": result}, 0

@@ -31,6 +31,7 @@ import contextlib
 import gc
 import importlib
 import json
+import logging
 import os
 import selectors
 import signal
@@ -47,7 +48,11 @@ from pgbg import child
 if TYPE_CHECKING:
     import subprocess
 
+logger = logging.getLogger(__name__)
+
 SPARES = 2  # children kept forked and waiting: two starts in a row wait for no fork
+MAX_REPORT = child.MAX_REPORT  # bytes of one report line (a result included); longer: dropped
+REPORT_READ = 1 << 20  # bytes of reports read per call: the loop attends to others between
 PRELOAD_TIMEOUT = 30.0  # seconds a trial import may take before the module is never preloaded
 FD_SIZE = array.array("i").itemsize
 
@@ -293,7 +298,10 @@ class Spare:
     out_fd: int  # what the task (and anything it starts) writes to stdout and stderr
     pidfd: int  # readable once the process has exited
     selector: selectors.BaseSelector | None = None  # watching its descriptors, if any
-    partial: bytes = b""
+    task_id: str | None = None  # once given one
+    partial: bytearray = field(default_factory=bytearray)  # a report line's start
+    discarding: bool = False  # in a line over MAX_REPORT: skip to its end
+    rejected: int = 0  # report lines that were not a valid message
     out_kept: int = 0
     out_dropped: int = 0
     out_noted: int = 0  # of the dropped bytes, how many a truncation note has reported
@@ -303,6 +311,7 @@ class Spare:
         (the task has not started). A child that dies once it has its task is told of by
         its exit, like any other."""
         data = memoryview(json.dumps(task).encode())
+        self.task_id = str(task.get("id"))
         try:
             while data:
                 data = data[os.write(self.task_fd, data):]
@@ -313,11 +322,41 @@ class Spare:
         return True
 
     def read_reports(self) -> list[dict[str, Any]]:
-        """The messages that have arrived, without blocking (end of file closes the pipe)."""
-        data, self.report_fd = self._read_available(self.report_fd)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()
-        return [json.loads(line) for line in lines]
+        """The valid messages that have arrived, without blocking (end of file closes the
+        pipe). The pipe is the task's to write, and its children's: a line that is not a
+        well-formed message (garbage, interleaved writes, over ``MAX_REPORT`` bytes) is
+        dropped and logged, and concerns this task alone."""
+        data, self.report_fd = self._read_available(self.report_fd, REPORT_READ)
+        messages: list[dict[str, Any]] = []
+        pos = 0
+        while pos < len(data):
+            end = data.find(b"\n", pos)
+            stop = len(data) if end < 0 else end
+            if not self.discarding:
+                self.partial += data[pos:stop]
+                if len(self.partial) > MAX_REPORT:
+                    self.partial.clear()
+                    self.discarding = True
+            if end < 0:
+                break
+            if self.discarding:
+                self.discarding = False
+                self._reject("a report line over the size limit was discarded")
+            else:
+                message = _report(bytes(self.partial))
+                self.partial.clear()
+                if message is None:
+                    self._reject("a malformed report line was ignored")
+                else:
+                    messages.append(message)
+            pos = end + 1
+        return messages
+
+    def _reject(self, what: str) -> None:
+        self.rejected += 1
+        if self.rejected <= 3:  # a flood of garbage is not a flood of log lines
+            logger.warning(what, extra={"task_id": self.task_id, "pid": self.pid,
+                                        "limit": MAX_REPORT})
 
     def read_output(self, limit: int) -> list[str]:
         """What the task printed since the last call, up to ``limit`` bytes in all; the
@@ -355,10 +394,12 @@ class Spare:
             self._close(fd) if fd >= 0 else -1
             for fd in (self.task_fd, self.report_fd, self.out_fd, self.pidfd))
 
-    def _read_available(self, fd: int) -> tuple[bytes, int]:
-        """What ``fd`` (non-blocking) holds now, and ``fd``, or -1 if end of file closed it."""
+    def _read_available(self, fd: int, limit: int | None = None) -> tuple[bytes, int]:
+        """What ``fd`` (non-blocking) holds now (up to about ``limit`` bytes), and ``fd``,
+        or -1 if end of file closed it."""
         chunks = []
-        while fd >= 0:
+        size = 0
+        while fd >= 0 and (limit is None or size < limit):
             try:
                 chunk = os.read(fd, 65536)
             except BlockingIOError:
@@ -367,6 +408,7 @@ class Spare:
                 fd = self._close(fd)
                 break
             chunks.append(chunk)
+            size += len(chunk)
         return b"".join(chunks), fd
 
     def _close(self, fd: int) -> int:
@@ -374,6 +416,47 @@ class Spare:
             self.selector.unregister(fd)
         os.close(fd)
         return -1
+
+
+def _str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _optional_str(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
+# What each kind of message must carry (the worker reads these keys), checked per field.
+_REPORT_FIELDS: dict[str, dict[str, Any]] = {
+    "info": {"message": _str},
+    "error_exit": {"message": _str},
+    "related": {"link_kind": _str, "key": _str},
+    "outcome": {"status": lambda v: v in ("succeeded", "failed"),
+                "exit_code": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                "error": _optional_str,
+                "exception_types": lambda v: v is None or (
+                    isinstance(v, list) and all(isinstance(x, str) for x in v))},
+}
+_OPTIONAL = {"error", "exception_types"}
+
+
+def _report(line: bytes) -> dict[str, Any] | None:
+    """``line`` as a report message, or None if it is not a well-formed one."""
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
+        return None
+    if not isinstance(message, dict):
+        return None
+    checks = _REPORT_FIELDS.get(message.get("kind"))  # type: ignore[arg-type]
+    if checks is None:
+        return None
+    for name, check in checks.items():
+        if name not in message and name in _OPTIONAL:
+            continue
+        if name not in message or not check(message[name]):
+            return None
+    return message
 
 
 class Client:

@@ -24,10 +24,10 @@ def write_to_closed_pipe() -> str:
     return "no error"
 
 
-def write_to_report_pipe(garbage: str, repeat: int = 1) -> str:
-    """Write ``garbage`` (``repeat`` times) to the report pipe, as an inherited descriptor
-    in a multiprocessing child would; then return normally."""
-    data = memoryview(garbage.encode() * repeat)
+def write_to_report_pipe(garbage: str, repeat: int = 1, end: str = "") -> str:
+    """Write ``garbage`` (``repeat`` times, then ``end``) to the report pipe, as an
+    inherited descriptor in a multiprocessing child would; then return normally."""
+    data = memoryview(garbage.encode() * repeat + end.encode())
     while data:
         data = data[os.write(context._report_fd, data):]
     return "wrote"

@@ -57,3 +57,38 @@ def test_a_module_whose_import_hangs_does_not_freeze_the_fork_server(
     after = _run(driver, "pgbg_test_tasks:add", 2, 3)
     assert (after.status, after.result) == (pgbg.TaskStatus.SUCCEEDED, 5)
     assert driver.worker.forkserver_pid == server
+
+
+@pytest.mark.parametrize(("garbage", "repeat"), [
+    ("not json at all\n", 1),
+    ("[1, 2, 3]\n\xff\xfe\n", 1),  # JSON, but not a message; then not even UTF-8
+    ('{"kind": "outcome", "status": "bogus", "exit_code": "x"}\n', 1),
+    ('{"kind": "info", "message": 42}\n{"kind": "related"}\n{"kind": "nope"}\n', 1),
+    ("[" * 100_000 + "\n", 1),  # too deep to parse
+    ("x" * (1 << 20), 100),  # a 100 MB line
+])
+def test_garbage_on_the_report_pipe_affects_that_task_only(
+        make_worker: Callable[..., Driver], garbage: str, repeat: int) -> None:
+    driver = make_worker(2)
+    # the big one is built in the child, not sent as an argument
+    hostile = pgbg.run_in_background("pgbg_test_hostile:write_to_report_pipe", "t",
+                                     garbage, repeat, "\n" if repeat > 1 else "")
+    beside = pgbg.run_in_background(tasks.add, "t", 2, 3)
+    driver.until_done(hostile, beside, timeout=120)
+    assert pgbg.get_task(beside).result == 5
+    task = pgbg.get_task(hostile)
+    assert (task.status, task.result) == (pgbg.TaskStatus.SUCCEEDED, "wrote")
+    after = pgbg.run_in_background(tasks.add, "t", 3, 4)
+    driver.until_done(after)
+    assert pgbg.get_task(after).result == 7
+
+
+def test_a_partial_report_line_ends_its_task_only(make_worker: Callable[..., Driver]) -> None:
+    driver = make_worker(2)
+    # No newline: the task's own outcome line is appended to it and is lost with it.
+    hostile = pgbg.run_in_background("pgbg_test_hostile:write_to_report_pipe", "t",
+                                     '{"kind": "info", "mess', 1)
+    beside = pgbg.run_in_background(tasks.add, "t", 2, 3)
+    driver.until_done(hostile, beside)
+    assert pgbg.get_task(hostile).complete
+    assert pgbg.get_task(beside).result == 5
