@@ -142,6 +142,8 @@ class Children:
             logger.error("the fork server died; restarting it",
                          extra={"running": len(self.running)})
             for child in self.running.values():
+                if child.pid is not None:  # the kernel killed it; now what it started
+                    forkserver.kill_group(child.pid)
                 if child.process is not None:
                     child.process.close()
                 events.append(Event("lost", child))

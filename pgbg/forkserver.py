@@ -284,6 +284,13 @@ def _kill(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+def kill_group(pgid: int) -> None:
+    """SIGKILL the process group of a task whose fork server died (the task itself died with
+    it, by its parent-death signal; its group id stays reserved while members remain)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 # -- the worker's end ----------------------------------------------------------------
 
 

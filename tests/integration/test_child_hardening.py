@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import pgbg_test_tasks as tasks
 import pytest
-from conftest import Driver
+from conftest import Driver, wait_for
 
 import pgbg
 from pgbg.worker import FORKSERVER_LOST
@@ -92,3 +95,28 @@ def test_a_partial_report_line_ends_its_task_only(make_worker: Callable[..., Dri
     driver.until_done(hostile, beside)
     assert pgbg.get_task(hostile).complete
     assert pgbg.get_task(beside).result == 5
+
+
+def test_a_task_in_a_long_c_call_dies_with_its_group_when_the_fork_server_dies(
+        make_worker: Callable[..., Driver], tmp_path: Path) -> None:
+    driver = make_worker(1)
+    pidfile = tmp_path / "pids"
+    result = pgbg.run_in_background("pgbg_test_hostile:sleep_in_c", "t", str(pidfile), 600)
+    driver.until(pidfile.exists)
+    pids = [int(p) for p in wait_for(lambda: pidfile.read_text().split())]
+    server = driver.worker.forkserver_pid
+    assert server is not None
+    os.kill(server, signal.SIGKILL)
+    driver.until_done(result)
+
+    def gone() -> bool:
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                continue
+            if state != "Z":
+                return False
+        return True
+
+    driver.until(gone, timeout=30)
