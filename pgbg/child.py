@@ -25,6 +25,7 @@ from pgbg.models import BackgroundTask
 
 MAX_REPORT = 32 << 20  # bytes of one report line; the worker discards longer ones
 PR_SET_PDEATHSIG = 1
+PARENT_DIED = signal.SIGRTMIN + 3  # sent by the kernel when the forking process dies
 try:  # loaded once before forking, so a child pays nothing for it
     libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
 except OSError:  # pragma: no cover - not Linux
@@ -122,6 +123,10 @@ def _flush() -> None:
             stream.flush()
 
 
+def _kill_own_group(_signum: int, _frame: object) -> None:
+    os.killpg(0, signal.SIGKILL)  # the task and everything it started, this process included
+
+
 def _isolate(parent_pid: int) -> None:
     """Only what a fork does not inherit: every page this touches is a page copied, in
     every child (stdin is already /dev/null: the fork server's is)."""
@@ -132,11 +137,11 @@ def _isolate(parent_pid: int) -> None:
     # BrokenPipeError in the task instead of killing it (subprocess restores the default
     # for the programs a task executes).
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    # When the process that forked it dies, the kernel kills the child outright (no Python
-    # handler, which could not run during a long C call); the worker, told of that death,
-    # kills what the child started in its group (``Children``).
+    # When the process that forked it dies, the kernel signals the child, which kills its
+    # whole group, grandchildren included: a task never outlives the worker that owns it.
+    signal.signal(PARENT_DIED, _kill_own_group)
     if libc is not None:
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DIED), 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before the death signal was armed
         os.killpg(0, signal.SIGKILL)
 
