@@ -142,7 +142,7 @@ class Children:
             logger.error("the fork server died; restarting it",
                          extra={"running": len(self.running)})
             for child in self.running.values():
-                if child.pid is not None:  # the kernel killed it; now what it started
+                if child.pid is not None:  # its group, the child included: no Python needed
                     forkserver.kill_group(child.pid)
                 if child.process is not None:
                     child.process.close()
