@@ -164,4 +164,28 @@ def doctor(lease: float = 30.0, *, max_transaction_age: float = 300.0) -> list[C
               "their worker is gone; start a worker (it recovers them) or retry them"),
         Check("pgbg indexes", not missing, ", ".join(missing) or "all present",
               "run `pgbg migrate`; without these claiming scans the whole table"),
+        _versions_check(r["worker_connections"] or []),
     ]
+
+
+def worker_versions(connections: list[str]) -> dict[str, int]:
+    """Live workers by pgbg version, from their connections' application names
+    ("pgbg worker ID vX"; a worker older than this check shows no version)."""
+    versions: dict[str, str] = {}
+    for name in connections:
+        parts = name.split()
+        if len(parts) >= 3:
+            version = parts[3][1:] if len(parts) > 3 and parts[3].startswith("v") else None
+            versions[parts[2]] = version or versions.get(parts[2]) or "unknown (older)"
+    counts: dict[str, int] = {}
+    for version in versions.values():
+        counts[version] = counts.get(version, 0) + 1
+    return counts
+
+
+def _versions_check(connections: list[str]) -> Check:
+    counts = worker_versions(connections)
+    reading = ", ".join(f"{v}: {n} worker{'s' * (n != 1)}" for v, n in sorted(counts.items()))
+    return Check("worker versions", len(counts) <= 1, reading or "no workers connected",
+                 "workers of different pgbg versions are running: finish the upgrade "
+                 "(migrate first, then restart every worker)")

@@ -14,13 +14,16 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any, NoReturn
 
 from pgbg import context, storable
-from pgbg.exceptions import UnstorableValue
+from pgbg.allowlist import defined_in_allowed, dotted, module_allowed
+from pgbg.exceptions import InvalidTaskFunction, NotAllowed, UnstorableValue
 from pgbg.models import BackgroundTask
 
+MAX_REPORT = 32 << 20  # bytes of one report line; the worker discards longer ones
 PR_SET_PDEATHSIG = 1
 PARENT_DIED = signal.SIGRTMIN + 3  # sent by the kernel when the forking process dies
 try:  # loaded once before forking, so a child pays nothing for it
@@ -39,12 +42,35 @@ def exception_names(cls: type) -> list[str]:
             if c not in (BaseException, Exception, object)]
 
 
-def resolve(func: str) -> Any:
-    """Import ``module:qualname`` and return the function it names."""
-    module_name, _, qualname = func.partition(":")
+_allow: tuple[str, ...] | None = None  # the worker's --allow (None: any), from ``setup``
+
+
+def setup(database_url: str, allow: Sequence[str] | None) -> None:
+    """In the fork server, before it forks: what every child inherits from the worker."""
+    global _allow
+    context.database_url = database_url
+    _allow = tuple(allow) if allow is not None else None
+
+
+def resolve(func: str, allow: Sequence[str] | None = None) -> Any:
+    """Import ``module:qualname`` and return the function it names. With ``allow`` (module
+    prefixes), only a plain function defined in one of those modules: a name that merely
+    reaches one through them (``myapp.tasks:os.system``) is refused, and a module outside
+    them is never imported."""
+    module_name, colon, qualname = func.partition(":")
+    refused = NotAllowed(f"not allowed: {func} is not a function defined in this worker's "
+                         f"allowed modules ({', '.join(allow or ())})")
+    if not colon or not dotted(module_name) or not dotted(qualname):
+        if allow is not None:
+            raise refused
+        raise InvalidTaskFunction(f"{func!r} is not a module:qualname function name")
+    if not module_allowed(module_name, allow):
+        raise refused
     target: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
     for part in qualname.split("."):
         target = getattr(target, part)
+    if allow is not None and not defined_in_allowed(target, allow):
+        raise refused
     return target
 
 
@@ -63,7 +89,7 @@ def serve(task_fd: int, report_fd: int, parent_pid: int) -> NoReturn:
         if data:
             task = json.loads(data)  # a BackgroundTask only if the task asks for it
             context.enter(task, report_fd)
-            message, code = _call(task)
+            message, code = _call(task, _allow)
             _flush()  # what it printed is in the output pipe before its outcome is reported
             context.report({**message, "exit_code": code})
         else:
@@ -87,7 +113,7 @@ def _rehearse() -> None:
     child's first touch of each page it writes (reference counts included) copies that
     page, some 100 pages on this path: about 0.3 ms of a task's start and end, taken
     here off both (read, call and report timed in fresh children)."""
-    message, code = _call(json.loads(REHEARSAL))
+    message, code = _call(json.loads(REHEARSAL), None)
     json.dumps({**message, "exit_code": code}, allow_nan=False).encode()
 
 
@@ -105,8 +131,12 @@ def _isolate(parent_pid: int) -> None:
     """Only what a fork does not inherit: every page this touches is a page copied, in
     every child (stdin is already /dev/null: the fork server's is)."""
     os.setpgid(0, 0)  # own process group: terminating the task kills all it started
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):  # the fork server's: ignored
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the fork server's: ignored
         signal.signal(sig, signal.SIG_DFL)
+    # SIGPIPE stays ignored, as Python sets it at startup: a write to a closed pipe raises
+    # BrokenPipeError in the task instead of killing it (subprocess restores the default
+    # for the programs a task executes).
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # When the process that forked it dies, the kernel signals the child, which kills its
     # whole group, grandchildren included: a task never outlives the worker that owns it.
     signal.signal(PARENT_DIED, _kill_own_group)
@@ -116,11 +146,14 @@ def _isolate(parent_pid: int) -> None:
         os.killpg(0, signal.SIGKILL)
 
 
-def _call(task: dict[str, Any]) -> tuple[dict[str, Any], int]:
+def _call(task: dict[str, Any],
+          allow: Sequence[str] | None = None) -> tuple[dict[str, Any], int]:
     outcome: dict[str, Any] = {"kind": "outcome"}
     try:
-        func = resolve(task["func"])
+        func = resolve(task["func"], allow)
         result = func(*task["args"], **task["kwargs"])
+    except NotAllowed as exc:  # the one line says it all (only resolve raises it)
+        return {**outcome, "status": "failed", "error": str(exc)}, 1
     except SystemExit as exc:
         if exc.code is None or exc.code == 0:
             return {**outcome, "status": "succeeded"}, 0
@@ -133,7 +166,12 @@ def _call(task: dict[str, Any]) -> tuple[dict[str, Any], int]:
                 "exception_types": exception_names(type(exc))}, 1
     try:  # what jsonb cannot store exactly is refused here, by the rule enqueue applies
         storable.check_json(result, "result")
-    except UnstorableValue as exc:
+        size = len(json.dumps(result, allow_nan=False))
+    except (UnstorableValue, TypeError, ValueError) as exc:
         return {**outcome, "status": "failed",
                 "error": f"the return value cannot be stored: {exc}"}, 1
+    if size > MAX_REPORT - 4096:
+        return {**outcome, "status": "failed",
+                "error": f"the return value is {size} bytes as JSON, over the limit of "
+                         f"{MAX_REPORT - 4096}"}, 1
     return {**outcome, "status": "succeeded", "result": result}, 0

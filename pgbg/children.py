@@ -33,8 +33,10 @@ class Event(NamedTuple):
 class Children:
     """The fork server and the children of one worker."""
 
-    def __init__(self, selector: selectors.BaseSelector, output_limit: int) -> None:
+    def __init__(self, selector: selectors.BaseSelector, output_limit: int,
+                 allow: tuple[str, ...] | None = None) -> None:
         self.selector = selector
+        self.allow = allow  # module prefixes: each child checks what a name resolves to
         self.output_limit = output_limit  # bytes of each task's stdout/stderr kept
         self.running: dict[int, Attempt] = {}  # by pid: handed to a spare, until reaped
         self._client: forkserver.Client | None = None
@@ -50,7 +52,7 @@ class Children:
 
     def open(self, database_url: str) -> None:
         self._database_url = database_url
-        self._client = forkserver.Client(database_url)
+        self._client = forkserver.Client(database_url, allow=self.allow)
         self.selector.register(self._client.fileno(), selectors.EVENT_READ, "events")
         self._preloaded.clear()
         self._generation = 0
@@ -127,6 +129,8 @@ class Children:
             logger.error("the fork server died; restarting it",
                          extra={"running": len(self.running)})
             for child in self.running.values():
+                if child.pid is not None:  # its group, the child included: no Python needed
+                    forkserver.kill_group(child.pid)
                 if child.process is not None:
                     child.process.close()
                 events.append(Event("lost", child))

@@ -20,6 +20,9 @@ _wire: dict[str, Any] | None = None  # the task as the child received it (JSON v
 _current: BackgroundTask | None = None  # ... made a BackgroundTask when first asked for
 _inside = False  # in a task that has not recorded its own failure
 _report_fd = -1
+# The worker's database URL, password included: set in the fork server before it forks
+# (``child.setup``), so a task can use pgbg without the URL being in its environment.
+database_url: str | None = None
 
 
 def enter(task: dict[str, Any], report_fd: int) -> None:

@@ -11,6 +11,7 @@ fresh ones are opened on demand.
 
 from __future__ import annotations
 
+import importlib.metadata as _metadata
 import os
 import re
 import threading
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from pgbg import context
 from pgbg.exceptions import DatabaseUnavailable, SchemaMissing
 
 if TYPE_CHECKING:
@@ -36,6 +38,18 @@ _idle: list[psycopg.Connection[Any]] = []  # this process's spare connections (`
 # Its own lock: a wait must not queue behind another thread's use of the shared connection.
 _idle_lock = threading.Lock()
 MAX_IDLE = 4
+try:
+    VERSION = _metadata.version("pgbg")
+except _metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+    VERSION = "unknown"
+NAME_LIMIT = 63  # bytes of application_name PostgreSQL keeps
+
+
+def versioned_name(name: str) -> str:
+    """``name`` and pgbg's version, as every pgbg connection shows itself in
+    ``pg_stat_activity`` (``pgbg doctor`` compares the workers' versions)."""
+    suffix = f" v{VERSION}"
+    return name.encode()[:NAME_LIMIT - len(suffix.encode())].decode(errors="ignore") + suffix
 
 
 def configure(url: str | None = None, *, engine: Engine | None = None,
@@ -81,6 +95,8 @@ def database_url() -> str:
     global _resolved_url
     if _explicit_url:
         return _explicit_url
+    if context.database_url:  # in a task: the worker's, inherited in memory
+        return context.database_url
     env = os.environ.get("PGBG_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if env:
         return libpq_url(env)
@@ -95,6 +111,8 @@ def database_url() -> str:
 def url_source() -> str:
     if _explicit_url:
         return "configure()"
+    if context.database_url:
+        return "the worker"
     if os.environ.get("PGBG_DATABASE_URL"):
         return "PGBG_DATABASE_URL"
     if os.environ.get("DATABASE_URL"):
@@ -102,14 +120,32 @@ def url_source() -> str:
     return "embedded"
 
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>://[^:/?#@]*):(?P<pw>[^@/?#]*)@")
-_PASSWORD_PARAM = re.compile(r"(?P<head>(?:^|[?&\s])password=)(?P<pw>[^&\s]*)", re.I)
+# The user info of a URL ends at the token's last "@" (a password may hold "@", ":", "/").
+_PASSWORD_IN_URL = re.compile(r"(?P<head>://[^:/?#@\s]*):(?P<pw>\S*)@")
+# password= as a conninfo keyword or a URL parameter: quoted ('a b', with \' escapes, or
+# "a b"), or bare up to a space or "&". sslpassword and PGPASSWORD too.
+_PASSWORD_PARAM = re.compile(
+    r"(?P<head>(?<![\w])(?:ssl|pg)?password\s*=\s*)"
+    r"(?P<pw>'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^&\s'\"]+)", re.I)
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``; safe to print and log."""
+    """The URL (or conninfo string, or any text naming one) with every password replaced
+    by ``***``, and the value of ``PGPASSWORD`` wherever it appears; safe to print and log."""
     url = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}:***@" if m["pw"] else m[0], url)
-    return _PASSWORD_PARAM.sub(lambda m: f"{m['head']}***", url)
+    url = _PASSWORD_PARAM.sub(lambda m: f"{m['head']}***", url)
+    secret = os.environ.get("PGPASSWORD", "")
+    return url.replace(secret, "***") if len(secret) >= 3 else url
+
+
+def without_password(url: str) -> str:
+    """``url`` (or a conninfo string) with no password in it, for an environment variable:
+    whatever reads it connects as the same user and finds the password elsewhere (the
+    password file, ``PGPASSWORD``) or not at all."""
+    url = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}@", url)
+    url = re.sub(r"(?<=[?&])(?:ssl)?password=[^&]*(?:&|$)", "", url, flags=re.I)
+    url = re.sub(r"[?&]$", "", url)
+    return _PASSWORD_PARAM.sub("", url).strip()
 
 
 def connect(url: str | None = None, *, autocommit: bool = True,
@@ -118,7 +154,7 @@ def connect(url: str | None = None, *, autocommit: bool = True,
     target = url or database_url()
     try:
         return psycopg.connect(target, autocommit=autocommit, connect_timeout=10,
-                               application_name=application_name)
+                               application_name=versioned_name(application_name))
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailable(
@@ -181,7 +217,7 @@ def shared_connection() -> Iterator[psycopg.Connection[Any]]:
             raise SchemaMissing() from exc
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(
-                f"lost the connection to {mask_url(database_url())}: {exc}"
+                f"lost the connection to {mask_url(database_url())}: {mask_url(str(exc))}"
             ) from exc
 
 

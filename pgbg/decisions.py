@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pgbg.allowlist import dotted, module_allowed
 from pgbg.models import BackgroundTask, TaskStatus
 from pgbg.queries import Outcome
 
@@ -19,12 +20,16 @@ MAX_BACKOFF = 3600.0  # seconds: the longest a retry waits
 
 
 def allowed(func: str, allow: Sequence[str] | None) -> bool:
-    """May a worker limited to the module prefixes ``allow`` (None: any) run ``func``?"""
+    """May a worker limited to the module prefixes ``allow`` (None: any) run ``func``?
+
+    The worker's pre-check, on the name alone: ``module:qualname`` with both parts dotted
+    identifiers, the module within ``allow``. What the name resolves to is checked where it
+    is resolved, in the child (``child.resolve``): a function defined in an allowed module.
+    """
     if allow is None:
         return True
-    module = func.partition(":")[0]
-    return any(module == prefix or module.startswith(prefix.rstrip(".") + ".")
-               for prefix in allow)
+    module, colon, qualname = func.partition(":")
+    return bool(colon) and dotted(module) and dotted(qualname) and module_allowed(module, allow)
 
 
 def outcome(task: BackgroundTask, *, killed_by: str | None, kill_status: TaskStatus,

@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ _SETTINGS = {
     "shared_buffers": "'128MB'",
     "log_min_messages": "warning",
     "logging_collector": "off",
+    "unix_socket_permissions": "0700",  # trust authentication: the owner alone may connect
 }
 
 
@@ -93,6 +95,58 @@ def _socket_dir(data_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"pgbg-{digest}"
 
 
+def make_private_dir(path: Path, uid: int, gid: int) -> None:
+    """Create ``path`` with mode 0700 owned by ``uid``, or accept an existing one only if it
+    is a real directory (not a link) owned by ``uid`` (or root) holding nothing of another
+    user's; loose permissions on it are tightened. The server trusts whoever reaches its
+    socket, so the directory holding the socket must be its owner's alone."""
+    try:
+        os.mkdir(path, 0o700)  # the umask can only remove bits
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise EmbeddedServerError(f"{path} (the embedded server's socket directory) is not a "
+                                  "directory; remove it")
+    if info.st_uid not in (uid, 0):
+        raise EmbeddedServerError(f"{path} (the embedded server's socket directory) is not "
+                                  f"owned by uid {uid}; remove it")
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        if info.st_uid != uid:
+            os.fchown(fd, uid, gid)
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            logger.warning("socket directory permissions tightened to 0700",
+                           extra={"path": str(path)})
+            os.fchmod(fd, 0o700)
+        for entry in os.scandir(fd):
+            if entry.stat(follow_symlinks=False).st_uid not in (uid, 0):
+                raise EmbeddedServerError(f"{path} (the embedded server's socket directory) "
+                                          "holds files of another user; remove it")
+    finally:
+        os.close(fd)
+
+
+def _owner() -> tuple[int, int]:
+    """Who the server runs as: us, or as root the service user (root while it is missing)."""
+    if not _run_as():
+        return os.geteuid(), os.getegid()
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return 0, 0
+    return entry.pw_uid, entry.pw_gid
+
+
+def _private_socket_dir(srv: Server) -> None:
+    """The fallback socket directory in the shared temp directory is made (or checked)
+    private; the data directory, the usual place, is private already (initdb)."""
+    if srv.socket_dir != srv.data_dir:
+        make_private_dir(srv.socket_dir, *_owner())
+
+
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
     directory.mkdir(parents=True, exist_ok=True)
@@ -133,7 +187,7 @@ def _prepare_for_service_user(srv: Server) -> None:
     for path in install.rglob("*"):  # the wheel's files may be private to root
         path.chmod(path.stat().st_mode | 0o055 if path.is_dir() else path.stat().st_mode | 0o044)
     for directory in (srv.data_dir, srv.socket_dir):
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         _open_path_to(directory)
         os.chown(directory, entry.pw_uid, entry.pw_gid)
     srv.data_dir.chmod(0o700)
@@ -163,6 +217,7 @@ def _run(args: list[str], what: str) -> None:
 def ensure_running() -> tuple[Server, bool]:
     """Start the user's embedded server unless it runs; return it and whether we started it."""
     srv = server()
+    _private_socket_dir(srv)  # before trusting a socket found there
     if srv.is_running():
         return srv, False
     with _locked(home()):
@@ -172,6 +227,7 @@ def ensure_running() -> tuple[Server, bool]:
             _prepare_for_service_user(srv)
         else:
             srv.socket_dir.mkdir(parents=True, exist_ok=True)
+        _private_socket_dir(srv)
         if not (srv.data_dir / "PG_VERSION").exists():
             _initdb(srv)
         logger.info("starting embedded PostgreSQL", extra={"data_dir": str(srv.data_dir)})

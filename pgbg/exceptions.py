@@ -36,6 +36,10 @@ class InvalidTaskFunction(PgbgError, TypeError):
     """A task function must be a module-level function importable by name."""
 
 
+class NotAllowed(PgbgError):
+    """not allowed: the function is outside this worker's allowed modules."""
+
+
 class NotSerializable(PgbgError, TypeError):
     """Task arguments and results must be JSON-serialisable."""
 

@@ -11,13 +11,15 @@ reused), and it tells the worker how each one exited. Task modules the worker na
 imported here once, so every later child starts with them loaded.
 
 Protocol: one JSON object per datagram of a ``SOCK_SEQPACKET`` socket. From the worker:
+first ``{"op": "setup", "database_url", "allow"}`` (kept in memory, inherited by every
+child: never in an environment), then
 ``{"op": "used", "pid"}`` (a spare was given a task: fork another),
 ``{"op": "signal", "pid", "sig"}`` (honoured only for a child given a task),
-``{"op": "preload", "module"}`` (import it; the spares forked before are retired),
-``{"op": "lease", "until"}`` (a ``time.monotonic()`` time: kill every child given a task
-then, unless a later lease arrives first — the worker's lease in the database lapses
-soon after, and its tasks must not run beside their recovered attempts even when the
-worker itself is stuck).
+``{"op": "preload", "module"}`` (import it once a throwaway child has; the spares forked
+before are retired), ``{"op": "lease", "until"}`` (a ``time.monotonic()`` time: kill every
+child given a task then, unless a later lease arrives first — the worker's lease in the
+database lapses soon after, and its tasks must not run beside their recovered attempts
+even when the worker itself is stuck).
 To the worker: ``{"ev": "spare", "pid", "generation"}`` with four descriptors — the
 task pipe's write end, the report and output pipes' read ends, a pidfd — and
 ``{"ev": "exited", "pid", "status"}`` (the wait status) for every child reaped. End of file
@@ -32,6 +34,7 @@ import contextlib
 import gc
 import importlib
 import json
+import logging
 import os
 import selectors
 import signal
@@ -39,6 +42,7 @@ import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +51,12 @@ from pgbg import child
 if TYPE_CHECKING:
     import subprocess
 
+logger = logging.getLogger(__name__)
+
 SPARES = 2  # children kept forked and waiting: two starts in a row wait for no fork
+MAX_REPORT = child.MAX_REPORT  # bytes of one report line (a result included); longer: dropped
+REPORT_READ = 1 << 20  # bytes of reports read per call: the loop attends to others between
+PRELOAD_TIMEOUT = 30.0  # seconds a trial import may take before the module is never preloaded
 FD_SIZE = array.array("i").itemsize
 
 
@@ -59,15 +68,27 @@ class _Forked:
 
 
 @dataclass
+class _Trial:
+    """A throwaway child importing a module before the fork server does."""
+
+    module: str
+    pid: int
+    pidfd: int
+    deadline: float  # monotonic
+
+
+@dataclass
 class Server:
     sock: socket.socket
     spares: int = SPARES
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
     children: dict[int, _Forked] = field(default_factory=dict)  # forked, not yet reaped
     outgoing: deque[tuple[bytes, list[int]]] = field(default_factory=deque)
-    generation: int = 0  # preloads done: a spare forked before the last one lacks it
+    generation: int = 0  # preloads asked for: a spare forked before the last one lacks it
     accepting: bool = True
     lease_until: float | None = None  # monotonic: kill the tasks' children then
+    trials: dict[int, _Trial] = field(default_factory=dict)  # trial imports under way
+    tried: set[str] = field(default_factory=set)  # modules tried (imported here or refused)
 
     def serve(self) -> None:
         gc.freeze()
@@ -75,15 +96,19 @@ class Server:
         self.selector.register(self.sock, selectors.EVENT_READ, "sock")
         while self.accepting or self.children:
             short = self.accepting and self.spare_count() < self.spares
-            ready = self.selector.select(0 if short else self.until_lease())
+            waits = [t for t in (self.next_trial_deadline(), self.until_lease()) if t is not None]
+            ready = self.selector.select(0 if short else min(waits, default=None))
             for key, mask in ready:
                 if key.data == "sock":
                     if mask & selectors.EVENT_WRITE:
                         self.flush()
                     if mask & selectors.EVENT_READ:
                         self.read_commands()
+                elif isinstance(key.data, _Trial):
+                    self.trial_ended(key.data)
                 else:
                     self.reap(key.data)
+            self.expire_trials()
             if short and not ready:  # nothing else waits: fork one, then look again
                 self.fork_spare()
             if self.lease_until is not None and time.monotonic() >= self.lease_until:
@@ -145,15 +170,79 @@ class Server:
             elif command["op"] == "lease":
                 self.lease_until = float(command["until"])
             elif command["op"] == "preload":
-                with contextlib.suppress(Exception):  # the child reports the error properly
-                    importlib.import_module(command["module"])
-                gc.freeze()  # never collected in a child, so never copied by its collector
-                self.generation += 1
+                self.generation += 1  # the worker counts every preload it asks for
                 for older in self.children.values():
                     older.spare = False  # the worker retires them: end of file, they exit
+                self.start_trial(command["module"])
+
+    # -- preloading --------------------------------------------------------------------
+    # A module is imported here only after a throwaway child imported it without fail
+    # within PRELOAD_TIMEOUT: an import that exits, raises or hangs harms that child alone
+    # (the module is then never preloaded; each task imports it in its own child and
+    # fails there). The trial runs beside the loop, so nothing here waits for it.
+
+    def start_trial(self, module: str) -> None:
+        if module in self.tried or any(t.module == module for t in self.trials.values()):
+            return
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the trial child, which never returns
+            code = 1
+            try:
+                os.setpgid(0, 0)  # its own group: killed with whatever it started
+                if child.libc is not None:
+                    child.libc.prctl(child.PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.dup2(devnull, 2)
+                os.closerange(3, 1 << 20)  # not the socket: the worker's end of file stays ours
+                importlib.import_module(module)
+                code = 0
+            except BaseException:  # its exit code says it failed
+                code = 1
+            finally:
+                os._exit(code)
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+        trial = _Trial(module, pid, os.pidfd_open(pid), time.monotonic() + PRELOAD_TIMEOUT)
+        self.trials[pid] = trial
+        self.selector.register(trial.pidfd, selectors.EVENT_READ, trial)
+
+    def trial_ended(self, trial: _Trial) -> None:
+        status = self.end_trial(trial)
+        if status == 0 and self.accepting:
+            try:
+                importlib.import_module(trial.module)
+            except BaseException:  # SystemExit, KeyboardInterrupt too
+                sys.modules.pop(trial.module, None)
+            gc.freeze()  # never collected in a child, so never copied by its collector
+
+    def end_trial(self, trial: _Trial) -> int:
+        """Kill what is left in the trial's group (not yet reaped, so its pid and group id
+        cannot have been reused), then reap it; its wait status."""
+        _kill(trial.pid, signal.SIGKILL)
+        _pid, status = os.waitpid(trial.pid, 0)
+        self.selector.unregister(trial.pidfd)
+        os.close(trial.pidfd)
+        del self.trials[trial.pid]
+        self.tried.add(trial.module)
+        return status
+
+    def next_trial_deadline(self) -> float | None:
+        if not self.trials:
+            return None
+        return max(0.0, min(t.deadline for t in self.trials.values()) - time.monotonic())
+
+    def expire_trials(self) -> None:
+        now = time.monotonic()
+        for trial in [t for t in self.trials.values() if t.deadline <= now]:
+            self.end_trial(trial)  # too slow: never preloaded
 
     def worker_gone(self) -> None:
         """Nothing we started may outlive the worker."""
+        for trial in list(self.trials.values()):
+            self.end_trial(trial)
         self.accepting = False
         self.selector.unregister(self.sock)
         for _data, fds in self.outgoing:
@@ -211,6 +300,13 @@ def _kill(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+def kill_group(pgid: int) -> None:
+    """SIGKILL the process group of a task whose fork server died (the task itself died with
+    it, by its parent-death signal; its group id stays reserved while members remain)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 # -- the worker's end ----------------------------------------------------------------
 
 
@@ -225,7 +321,10 @@ class Spare:
     out_fd: int  # what the task (and anything it starts) writes to stdout and stderr
     pidfd: int  # readable once the process has exited
     selector: selectors.BaseSelector | None = None  # watching its descriptors, if any
-    partial: bytes = b""
+    task_id: str | None = None  # once given one
+    partial: bytearray = field(default_factory=bytearray)  # a report line's start
+    discarding: bool = False  # in a line over MAX_REPORT: skip to its end
+    rejected: int = 0  # report lines that were not a valid message
     out_kept: int = 0
     out_dropped: int = 0
     out_noted: int = 0  # of the dropped bytes, how many a truncation note has reported
@@ -235,6 +334,7 @@ class Spare:
         (the task has not started). A child that dies once it has its task is told of by
         its exit, like any other."""
         data = memoryview(json.dumps(task).encode())
+        self.task_id = str(task.get("id"))
         try:
             while data:
                 data = data[os.write(self.task_fd, data):]
@@ -245,11 +345,41 @@ class Spare:
         return True
 
     def read_reports(self) -> list[dict[str, Any]]:
-        """The messages that have arrived, without blocking (end of file closes the pipe)."""
-        data, self.report_fd = self._read_available(self.report_fd)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()
-        return [json.loads(line) for line in lines]
+        """The valid messages that have arrived, without blocking (end of file closes the
+        pipe). The pipe is the task's to write, and its children's: a line that is not a
+        well-formed message (garbage, interleaved writes, over ``MAX_REPORT`` bytes) is
+        dropped and logged, and concerns this task alone."""
+        data, self.report_fd = self._read_available(self.report_fd, REPORT_READ)
+        messages: list[dict[str, Any]] = []
+        pos = 0
+        while pos < len(data):
+            end = data.find(b"\n", pos)
+            stop = len(data) if end < 0 else end
+            if not self.discarding:
+                self.partial += data[pos:stop]
+                if len(self.partial) > MAX_REPORT:
+                    self.partial.clear()
+                    self.discarding = True
+            if end < 0:
+                break
+            if self.discarding:
+                self.discarding = False
+                self._reject("a report line over the size limit was discarded")
+            else:
+                message = _report(bytes(self.partial))
+                self.partial.clear()
+                if message is None:
+                    self._reject("a malformed report line was ignored")
+                else:
+                    messages.append(message)
+            pos = end + 1
+        return messages
+
+    def _reject(self, what: str) -> None:
+        self.rejected += 1
+        if self.rejected <= 3:  # a flood of garbage is not a flood of log lines
+            logger.warning(what, extra={"task_id": self.task_id, "pid": self.pid,
+                                        "limit": MAX_REPORT})
 
     def read_output(self, limit: int) -> list[str]:
         """What the task printed since the last call, up to ``limit`` bytes in all; the
@@ -287,10 +417,12 @@ class Spare:
             self._close(fd) if fd >= 0 else -1
             for fd in (self.task_fd, self.report_fd, self.out_fd, self.pidfd))
 
-    def _read_available(self, fd: int) -> tuple[bytes, int]:
-        """What ``fd`` (non-blocking) holds now, and ``fd``, or -1 if end of file closed it."""
+    def _read_available(self, fd: int, limit: int | None = None) -> tuple[bytes, int]:
+        """What ``fd`` (non-blocking) holds now (up to about ``limit`` bytes), and ``fd``,
+        or -1 if end of file closed it."""
         chunks = []
-        while fd >= 0:
+        size = 0
+        while fd >= 0 and (limit is None or size < limit):
             try:
                 chunk = os.read(fd, 65536)
             except BlockingIOError:
@@ -299,6 +431,7 @@ class Spare:
                 fd = self._close(fd)
                 break
             chunks.append(chunk)
+            size += len(chunk)
         return b"".join(chunks), fd
 
     def _close(self, fd: int) -> int:
@@ -308,22 +441,72 @@ class Spare:
         return -1
 
 
+def _str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _optional_str(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
+# What each kind of message must carry (the worker reads these keys), checked per field.
+_REPORT_FIELDS: dict[str, dict[str, Any]] = {
+    "info": {"message": _str},
+    "error_exit": {"message": _str},
+    "related": {"link_kind": _str, "key": _str},
+    "outcome": {"status": lambda v: v in ("succeeded", "failed"),
+                "exit_code": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                "error": _optional_str,
+                "exception_types": lambda v: v is None or (
+                    isinstance(v, list) and all(isinstance(x, str) for x in v))},
+}
+_OPTIONAL = {"error", "exception_types"}
+
+
+def _report(line: bytes) -> dict[str, Any] | None:
+    """``line`` as a report message, or None if it is not a well-formed one."""
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
+        return None
+    if not isinstance(message, dict):
+        return None
+    checks = _REPORT_FIELDS.get(message.get("kind"))  # type: ignore[arg-type]
+    if checks is None:
+        return None
+    for name, check in checks.items():
+        if name not in message and name in _OPTIONAL:
+            continue
+        if name not in message or not check(message[name]):
+            return None
+    return message
+
+
 class Client:
     """The worker's end: starts the fork server, sends it commands, reads its events."""
 
-    def __init__(self, database_url: str, spares: int = SPARES) -> None:
+    def __init__(self, database_url: str, spares: int = SPARES,
+                 allow: Sequence[str] | None = None) -> None:
+        """``allow``: the worker's module prefixes (None: any), checked again by each child
+        on what a task's name resolves to."""
         import subprocess  # here, not at the top: the fork server itself never needs it
 
+        from pgbg.db import without_password
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # It imports task modules as the worker would.
+        # It imports task modules as the worker would. The URL with its password travels
+        # on the socket, not in the environment every task (and what it runs) inherits.
         path = os.pathsep.join(p for p in sys.path if p)
-        env = {**os.environ, "PYTHONPATH": path, "PGBG_DATABASE_URL": database_url}
+        env = {**os.environ, "PYTHONPATH": path,
+               "PGBG_DATABASE_URL": without_password(database_url)}
         self.process: subprocess.Popen[bytes] = subprocess.Popen(
             [sys.executable, "-m", "pgbg.forkserver", str(theirs.fileno()), str(os.getpid()),
              str(spares)],
             pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self.sock = ours
+        ours.send(json.dumps({"op": "setup", "database_url": database_url,
+                              "allow": list(allow) if allow is not None else None}).encode())
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -404,7 +587,13 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)  # every child's stdin, inherited
     os.dup2(devnull, 0)
     os.close(devnull)
-    Server(socket.socket(fileno=sock_fd), spares).serve()
+    sock = socket.socket(fileno=sock_fd)
+    setup = sock.recv(1 << 20)  # the worker's first datagram, before anything is forked
+    if not setup:
+        os._exit(0)  # the worker is gone already
+    command = json.loads(setup)
+    child.setup(command["database_url"], command["allow"])
+    Server(sock, spares).serve()
 
 
 if __name__ == "__main__":

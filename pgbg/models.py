@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import functools
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -71,8 +73,18 @@ class BackgroundTask:
         return {f.name: _wire(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> BackgroundTask:
-        values = dict(data)
+    def from_row(cls, row: Mapping[str, Any]) -> BackgroundTask:
+        """From a database row; columns this version does not know (added by a newer
+        pgbg's migration, during a rolling upgrade) are ignored."""
+        known = _field_names()
+        values = {name: value for name, value in row.items() if name in known}
+        return cls(**{**values, "status": TaskStatus(values["status"])})
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> BackgroundTask:
+        """From ``to_wire``'s JSON values (or a row as JSON); unknown fields are ignored."""
+        known = _field_names()
+        values = {name: value for name, value in data.items() if name in known}
         for name in ("id", "worker_id"):
             values[name] = uuid.UUID(values[name]) if values[name] else None
         for name in ("queued_at", "started_at", "finished_at", "cancel_requested_at", "run_at",
@@ -89,6 +101,11 @@ class BackgroundTask:
     @property
     def proc_id(self) -> int | None:
         return self.pid
+
+
+@functools.cache
+def _field_names() -> frozenset[str]:
+    return frozenset(f.name for f in fields(BackgroundTask))
 
 
 def _wire(value: Any) -> Any:

@@ -27,7 +27,7 @@ class Executor(Protocol):
 
 
 def _task(row: Mapping[str, Any]) -> BackgroundTask:
-    return BackgroundTask(**{**row, "status": TaskStatus(row["status"])})
+    return BackgroundTask.from_row(row)  # columns a newer migration added are ignored
 
 
 # -- tasks: enqueue ------------------------------------------------------------------
@@ -623,7 +623,12 @@ def doctor_readings(conn: psycopg.Connection[Any], lease: float) -> dict[str, An
                        AND w.heartbeat_at >= now() - make_interval(secs => %(lease)s)))
                    AS stuck_running,
                  (SELECT array_agg(indexname::text) FROM pg_indexes
-                   WHERE schemaname = 'pgbg') AS indexes""",
+                   WHERE schemaname = 'pgbg') AS indexes,
+                 -- each worker's connections name it and its version: "pgbg worker ID vX"
+                 (SELECT array_agg(DISTINCT application_name::text)
+                    FROM pg_stat_activity
+                   WHERE datname = current_database()
+                     AND application_name LIKE 'pgbg worker %%') AS worker_connections""",
             {"lease": lease}).fetchone()
     assert row is not None
     return dict(row)

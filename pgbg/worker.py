@@ -91,7 +91,7 @@ class Worker:
         self._db = WorkerDatabase(self.id, self.hostname, concurrency, self.listen,
                                   self._selector)
         # output_limit: bytes of each task's stdout/stderr kept in its log
-        self._children = children.Children(self._selector, output_limit)
+        self._children = children.Children(self._selector, output_limit, self.allow)
         self._sup = Supervisor(Policy(concurrency, kill_grace, task_timeout, retry_backoff,
                                       self.allow, lease), self._children)
         self._ledger = self._sup.ledger

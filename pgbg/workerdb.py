@@ -132,7 +132,7 @@ class WorkerDatabase:
         conn = self.conn
         conn.execute("""SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                          WHERE pid = %s AND application_name = %s""",
-                     (old, self.application_name))
+                     (old, db.versioned_name(self.application_name)))
         deadline = time.monotonic() + FENCE_WAIT
         while conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (old,)).fetchone():
             if time.monotonic() > deadline:

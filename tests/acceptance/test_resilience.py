@@ -20,7 +20,7 @@ import pytest
 from conftest import Driver, WorkerProcess, wait_for
 
 import pgbg
-from pgbg import embedded, queries
+from pgbg import db, embedded, queries
 
 FAST_LEASE = ("--heartbeat-interval", "0.2", "--lease", "1", "--poll-interval", "0.5")
 
@@ -193,7 +193,7 @@ def test_killed_listen_connection_is_replaced(worker_process: Callable[..., Work
 
     def backend() -> int | None:
         row = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
-                           (f"pgbg worker {worker_id}",)).fetchone()
+                           (db.versioned_name(f"pgbg worker {worker_id}"),)).fetchone()
         return row[0] if row else None
 
     old = wait_for(backend)

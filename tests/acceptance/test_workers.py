@@ -126,6 +126,32 @@ def test_functions_outside_the_allowed_modules_are_never_imported(
     assert not marker.exists()  # the module was never imported, by anyone
 
 
+@pytest.mark.parametrize("func", ["pgbg_test_tasks:os.system", "pgbg_test_tasks:subprocess.call",
+                                  "pgbg_test_tasks:pgbg.run_in_background"])
+def test_only_functions_defined_in_the_allowed_modules_run(
+        worker_process: Callable[..., WorkerProcess], tmp_path: Path, func: str) -> None:
+    marker = tmp_path / "ran"
+    command = f"touch {marker}"
+    args: list[Any] = [command] if "run_in_background" not in func else ["os:system", "t", command]
+    if func.endswith("subprocess.call"):
+        args = [["touch", str(marker)]]
+    with psycopg.connect(pgbg.db.database_url(), autocommit=True) as conn:
+        refused = conn.execute(  # a row written directly: enqueue would refuse the name
+            "INSERT INTO pgbg.task (id, task_type, func, args, kwargs) "
+            "VALUES (gen_random_uuid(), 't', %s, %s, '{}') RETURNING id",
+            (func, psycopg.types.json.Jsonb(args))).fetchone()
+    assert refused is not None
+    ok = pgbg.run_in_background(tasks.add, "t", 1, 2)
+    worker_process(1, "--allow", "pgbg_test_tasks", "--allow", "json")
+    task = pgbg.wait_task(refused[0], timeout=60)
+    assert task.status is pgbg.TaskStatus.FAILED
+    assert task.error == (f"not allowed: {func} is not a function defined in this worker's "
+                          "allowed modules (pgbg_test_tasks, json)")
+    assert ok.get(timeout=60) == 3
+    assert not marker.exists()  # the command never ran
+    assert len(pgbg.get_queued_tasks()) == 0  # nor was anything queued by it
+
+
 def _output(task_id: object) -> str:
     return "".join(line.message for line in pgbg.get_task_log(task_id)
                    if line.level == "output")

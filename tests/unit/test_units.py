@@ -69,6 +69,35 @@ def test_urls_are_printed_without_password(url: str, masked: str) -> None:
     assert "s3cret" not in db.mask_url(url)
 
 
+@pytest.mark.parametrize(("text", "secret", "masked"), [
+    ("postgresql://u:s3cr@t3pw@host/db", "t3pw", "postgresql://u:***@host/db"),
+    ("postgresql://u:a@b@c@host:5432/db?sslmode=require", "a@b@c",
+     "postgresql://u:***@host:5432/db?sslmode=require"),
+    ("postgresql://u:p%40ss@host/db", "p%40ss", "postgresql://u:***@host/db"),
+    ("postgresql://:onlypw@host/db", "onlypw", "postgresql://:***@host/db"),
+    ("postgresql://u:s3cret@[::1]:5432/db", "s3cret", "postgresql://u:***@[::1]:5432/db"),
+    ("host=db password='a b c' dbname=app", "a b c", "host=db password=*** dbname=app"),
+    ("host=db password = 'it\\'s secret' dbname=app", "secret",
+     "host=db password = *** dbname=app"),
+    ('host=db password = "x y z" dbname=app', "x y z", "host=db password = *** dbname=app"),
+    ("host=db PASSWORD=s3cret", "s3cret", "host=db PASSWORD=***"),
+    ("user=u password= s3cret host=db", "s3cret", "user=u password= *** host=db"),
+    ("postgresql:///db?user=u&password=s3cret", "s3cret", "postgresql:///db?user=u&password=***"),
+    ("host=db sslpassword=s3cret", "s3cret", "host=db sslpassword=***"),
+    ("PGPASSWORD=s3cret pgbg worker", "s3cret", "PGPASSWORD=*** pgbg worker"),
+])
+def test_every_form_of_password_is_masked(text: str, secret: str, masked: str) -> None:
+    assert secret not in db.mask_url(text)
+    assert db.mask_url(text) == masked
+
+
+def test_the_pgpassword_value_is_masked_wherever_it_appears(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGPASSWORD", "Tr1cky-Value")
+    text = 'connection failed: FATAL: role "Tr1cky-Value" does not exist'
+    assert "Tr1cky-Value" not in db.mask_url(text)
+
+
 def test_sqlalchemy_urls_are_accepted() -> None:
     assert db.libpq_url("postgresql+psycopg://u@h/d") == "postgresql://u@h/d"
     assert db.libpq_url("postgresql+psycopg2://u@h/d") == "postgresql://u@h/d"
@@ -129,3 +158,33 @@ def test_every_package_is_shipped() -> None:
         "__init__.py")}
     found |= {"pgbg.migrations", "pgbg.migrations.versions"}  # mapped from migrations/
     assert found == listed
+
+
+@pytest.mark.parametrize(("func", "expected"), [
+    ("myapp.tasks:run", True),
+    ("myapp.tasks.sub:Cls.method", True),
+    ("myapp.tasks:os.system", True),  # syntax only: the child checks what it resolves to
+    ("myapp.tasksx:run", False),
+    ("os:system", False),
+    ("myapp.tasks:", False),
+    ("myapp.tasks", False),
+    ("myapp.tasks:run()", False),
+    ("myapp.tasks:run.__globals__", True),  # identifiers; the child refuses a non-function
+    ("myapp.tasks:a..b", False),
+    ("myapp.tasks:a b", False),
+    ("myapp..tasks:run", False),
+])
+def test_allowed_checks_module_and_qualname_syntax(func: str, expected: bool) -> None:
+    from pgbg import decisions
+
+    assert decisions.allowed(func, ["myapp.tasks"]) is expected
+
+
+@pytest.mark.parametrize(("url", "bare"), [
+    ("postgresql://u:s3cr@t@h/db?sslmode=require", "postgresql://u@h/db?sslmode=require"),
+    ("postgresql:///db?password=s3cret&host=/tmp", "postgresql:///db?host=/tmp"),
+    ("postgresql:///db?host=/tmp&password=s3cret", "postgresql:///db?host=/tmp"),
+    ("postgresql://u@/db?host=/tmp", "postgresql://u@/db?host=/tmp"),
+])
+def test_the_environment_gets_the_url_without_its_password(url: str, bare: str) -> None:
+    assert db.without_password(url) == bare

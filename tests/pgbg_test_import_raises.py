@@ -1,0 +1,7 @@
+"""A task module whose import raises."""
+
+raise ValueError("broken at import")
+
+
+def run() -> str:
+    return "never"
