@@ -391,6 +391,11 @@ def task_recover_lost(conn: psycopg.Connection[Any],
                RETURNING t.id, t.status::text, t.attempt""",
             {"lease": lease_seconds, "error": WORKER_LOST, "superseded": SUPERSEDED},
         ).fetchall()
+        # a task that recorded its own failure, its process lost with the worker: over
+        conn.execute("""UPDATE pgbg.task t SET finished_at = clock_timestamp()
+                         WHERE status = 'failed' AND finished_at IS NULL
+                           AND NOT EXISTS (SELECT 1 FROM pgbg.worker w
+                                            WHERE w.id = t.worker_id)""")
         for task_id, status, attempt in rows:
             task_log_insert(conn, task_id, "error", f"attempt {attempt}: {WORKER_LOST}")
             if status == TaskStatus.QUEUED:

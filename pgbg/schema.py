@@ -102,6 +102,10 @@ task = Table(
           postgresql_where=text(f"status = 'queued' AND ({_LIMITED})")),
     Index("task_running_idx", "task_type", "worker_id",
           postgresql_where=text("status = 'running'")),
+    # A task that recorded its own failure while its process still runs (migration 0011):
+    # counted against its limits like a running one.
+    Index("task_error_exit_idx", "task_type",
+          postgresql_where=text("status = 'failed' AND finished_at IS NULL")),
     Index("task_finished_at_idx", "finished_at",
           postgresql_where=text("finished_at IS NOT NULL")),
     Index("task_scheduled_idx", "run_at",
