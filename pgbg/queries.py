@@ -16,7 +16,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgbg import notify
+from pgbg import db, notify
 from pgbg.models import BackgroundTask, QueuedTask, TaskStatus
 
 
@@ -120,7 +120,7 @@ def queue_list(conn: psycopg.Connection[Any], task_type: str | None = None,
 def task_claim(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str,
                max_tasks: int) -> list[BackgroundTask]:
     """Claim up to ``max_tasks`` runnable tasks in one transaction (see the migration)."""
-    with conn.cursor(row_factory=dict_row) as cur:
+    with db.read_committed(conn), conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute("SELECT * FROM pgbg.task_claim(%s, %s, %s)",
                            (worker_id, hostname, max_tasks)).fetchall()
     return [_task(row) for row in rows]
@@ -173,16 +173,17 @@ def task_step(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str
     # a pid whose task ended in the same step is written with the outcome: one row version
     pid_of = {(i, a): p for i, a, p in pids}
     ended = {(o.task_id, o.attempt) for o in outcomes}
-    rows = conn.execute(TASK_STEP, (
-        worker_id, hostname, max_claim,
-        Jsonb([{"id": str(i), "attempt": a, "pid": p} for i, a, p in pids
-               if (i, a) not in ended]),
-        Jsonb([{"id": str(o.task_id), "attempt": o.attempt, "status": o.status.value,
-                "result": o.result, "error": o.error, "exit_code": o.exit_code,
-                "signal": o.signal, "error_exit": o.error_exit_recorded,
-                "pid": pid_of.get((o.task_id, o.attempt))} for o in outcomes]),
-        max_claim,
-    )).fetchall()
+    with db.read_committed(conn):
+        rows = conn.execute(TASK_STEP, (
+            worker_id, hostname, max_claim,
+            Jsonb([{"id": str(i), "attempt": a, "pid": p} for i, a, p in pids
+                   if (i, a) not in ended]),
+            Jsonb([{"id": str(o.task_id), "attempt": o.attempt, "status": o.status.value,
+                    "result": o.result, "error": o.error, "exit_code": o.exit_code,
+                    "signal": o.signal, "error_exit": o.error_exit_recorded,
+                    "pid": pid_of.get((o.task_id, o.attempt))} for o in outcomes]),
+            max_claim,
+        )).fetchall()
     return Step(claimed=[BackgroundTask.from_wire(task) for kind, task in rows
                          if kind == "claimed"],
                 unwritten=[uuid.UUID(task) for kind, task in rows if kind == "unwritten"],
@@ -192,14 +193,15 @@ def task_step(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str
 def task_cancel_queued(conn: psycopg.Connection[Any], task_id: uuid.UUID,
                        reason: str) -> bool:
     """Cancel a task that has not started; False if it is not (or no longer) queued."""
-    row = conn.execute(
-        """WITH cancelled AS (
-               UPDATE pgbg.task SET status = 'cancelled', finished_at = clock_timestamp(),
-                      error = %s
-                WHERE id = %s AND status = 'queued' RETURNING id)
-           SELECT pg_notify(%s, id::text) FROM cancelled""",
-        (reason, task_id, notify.DONE),
-    ).fetchone()
+    with db.read_committed(conn):
+        row = conn.execute(
+            """WITH cancelled AS (
+                   UPDATE pgbg.task SET status = 'cancelled', finished_at = clock_timestamp(),
+                          error = %s
+                    WHERE id = %s AND status = 'queued' RETURNING id)
+               SELECT pg_notify(%s, id::text) FROM cancelled""",
+            (reason, task_id, notify.DONE),
+        ).fetchone()
     return row is not None
 
 
@@ -233,16 +235,17 @@ def task_retry_later(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
                      task: BackgroundTask, error: str, delay: float) -> bool:
     """Queue a failed attempt again, due after ``delay`` seconds (fenced like an outcome);
     the attempt's error goes to the task's log."""
-    row = conn.execute(
-        """WITH again AS (
-               UPDATE pgbg.task
-                  SET status = 'queued', run_at = clock_timestamp() + make_interval(secs => %s),
-                      error = %s, pid = NULL, started_at = NULL
-                WHERE id = %s AND worker_id = %s AND attempt = %s AND status = 'running'
-            RETURNING id)
-           SELECT pg_notify(%s, '') FROM again""",
-        (delay, error, task.id, worker_id, task.attempt, notify.QUEUED),
-    ).fetchone()
+    with db.read_committed(conn):
+        row = conn.execute(
+            """WITH again AS (
+                   UPDATE pgbg.task
+                      SET status = 'queued', run_at = clock_timestamp() + make_interval(secs => %s),
+                          error = %s, pid = NULL, started_at = NULL
+                    WHERE id = %s AND worker_id = %s AND attempt = %s AND status = 'running'
+                RETURNING id)
+               SELECT pg_notify(%s, '') FROM again""",
+            (delay, error, task.id, worker_id, task.attempt, notify.QUEUED),
+        ).fetchone()
     if row:
         task_log_insert(conn, task.id, "error", f"attempt {task.attempt} failed; retrying in "
                                                  f"{delay:.1f}s:\n{error}")
@@ -310,18 +313,19 @@ def task_release_unstarted(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
     """Re-queue the tasks claimed for this worker that it has not started (a claim whose
     reply was lost with the connection; claimed ahead when the worker stops) and wake the
     workers. The attempt never ran, so it is undone."""
-    rows = conn.execute(
-        """WITH released AS (
-               UPDATE pgbg.task SET status = 'queued', attempt = attempt - 1, worker_id = NULL,
-                      hostname = NULL, started_at = NULL
-                WHERE worker_id = %s AND status = 'running' AND id <> ALL(%s::uuid[])
-            RETURNING id
-           ), notified AS (
-               SELECT pg_notify(%s, '') WHERE EXISTS (SELECT 1 FROM released)
-           )
-           SELECT id FROM released, (SELECT count(*) FROM notified) n""",
-        (worker_id, list(started), notify.QUEUED),
-    ).fetchall()
+    with db.read_committed(conn):
+        rows = conn.execute(
+            """WITH released AS (
+                   UPDATE pgbg.task SET status = 'queued', attempt = attempt - 1, worker_id = NULL,
+                          hostname = NULL, started_at = NULL
+                    WHERE worker_id = %s AND status = 'running' AND id <> ALL(%s::uuid[])
+                RETURNING id
+               ), notified AS (
+                   SELECT pg_notify(%s, '') WHERE EXISTS (SELECT 1 FROM released)
+               )
+               SELECT id FROM released, (SELECT count(*) FROM notified) n""",
+            (worker_id, list(started), notify.QUEUED),
+        ).fetchall()
     return [row[0] for row in rows]
 
 
@@ -375,15 +379,16 @@ def worker_unregister(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> No
 def task_request_cancel(conn: psycopg.Connection[Any], task_id: uuid.UUID,
                         requested_by: str) -> bool:
     """Mark a running task for termination and tell its worker; False if not running."""
-    row = conn.execute(
-        """WITH marked AS (
-               UPDATE pgbg.task
-                  SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp()),
-                      cancel_requested_by = coalesce(cancel_requested_by, %s)
-                WHERE id = %s AND status = 'running' RETURNING id)
-           SELECT pg_notify(%s, id::text) FROM marked""",
-        (requested_by, task_id, notify.CANCEL),
-    ).fetchone()
+    with db.read_committed(conn):
+        row = conn.execute(
+            """WITH marked AS (
+                   UPDATE pgbg.task
+                      SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp()),
+                          cancel_requested_by = coalesce(cancel_requested_by, %s)
+                    WHERE id = %s AND status = 'running' RETURNING id)
+               SELECT pg_notify(%s, id::text) FROM marked""",
+            (requested_by, task_id, notify.CANCEL),
+        ).fetchone()
     return row is not None
 
 

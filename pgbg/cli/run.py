@@ -56,6 +56,8 @@ def worker(
     from pgbg.worker import Worker
 
     setup_logging(log_level)
+    if listen is not None:
+        db.set_listen(listen)  # --no-listen: poll only and prepare nothing (PgBouncer)
     w = Worker(concurrency, poll_interval=poll_interval, shutdown_timeout=shutdown_timeout,
                kill_grace=kill_grace, heartbeat_interval=heartbeat_interval, lease=lease,
                task_timeout=task_timeout,
