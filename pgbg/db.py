@@ -65,13 +65,6 @@ def configure(url: str | None = None, *, engine: Engine | None = None,
             _idle.pop().close()
 
 
-def set_listen(listen: bool | None) -> None:
-    """Like ``configure(listen=)``, leaving the database as it is (``pgbg worker
-    --no-listen``: its connections, and its children's, then prepare nothing either)."""
-    global _listen
-    _listen = listen
-
-
 def listen_enabled() -> bool:
     """Whether pgbg may LISTEN (else it polls): ``configure(listen=)``, else the absence of
     ``PGBG_NO_LISTEN=1``."""

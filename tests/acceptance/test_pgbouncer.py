@@ -162,12 +162,18 @@ def test_the_documented_pgbouncer_deployment(bounced: str, conn: psycopg.Connect
                    for _ in range(6)]
         retried = pgbg.enqueue(tasks.fail_until_attempt, args=(3,), task_type="retry",
                                max_attempts=3)
+        # a task's own connection (a child of the worker that was given only --no-listen)
+        chatty = [pgbg.enqueue(tasks.record_info_times, args=(12,), task_type="chatty")
+                  for _ in range(4)]
         for i, result in enumerate(singles):
             assert pgbg.wait_task(result, timeout=120).result == 2 * i
         for i, result in enumerate(many):
             assert pgbg.wait_task(result, timeout=120).result == i + 1
         for result in limited:
             assert pgbg.wait_task(result, timeout=120).completed_successfully
+        for result in chatty:
+            ended_chatty = pgbg.wait_task(result, timeout=120)
+            assert (ended_chatty.result, ended_chatty.info) == (12, "step 11"), ended_chatty
         done = pgbg.wait_task(retried, timeout=120)
         assert (done.status, done.attempt, done.result) == (pgbg.TaskStatus.SUCCEEDED, 3, 3)
 
@@ -221,3 +227,15 @@ def test_migrate_through_pgbouncer(pgbouncer: PgBouncer, server_url: str) -> Non
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_worker_no_listen_alone_makes_its_tasks_poll_only_too(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGBG_NO_LISTEN", raising=False)
+    monkeypatch.delenv("PGBG_PREPARE", raising=False)
+    worker = WorkerProcess(database_url, 1, "--no-listen", "--poll-interval", "0.2")
+    try:
+        result = pgbg.enqueue(tasks.connection_settings, task_type="t")
+        assert pgbg.wait_task(result, timeout=120).result == {"listen": False, "prepare": False}
+    finally:
+        worker.stop()

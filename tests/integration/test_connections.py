@@ -45,14 +45,12 @@ def test_pgbg_prepare_0_turns_preparing_off(database_url: str,
         assert conn.prepare_threshold is None
 
 
-def test_set_listen_false_turns_preparing_off(database_url: str) -> None:
-    assert db.prepare_enabled() is db.listen_enabled()
-    db.set_listen(False)  # what ``pgbg worker --no-listen`` does before it starts
-    try:
-        with db.connect() as conn:
-            assert conn.prepare_threshold is None
-    finally:
-        db.set_listen(None)
+def test_prepare_follows_listen_unless_set(database_url: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGBG_NO_LISTEN", "1")
+    assert not db.prepare_enabled()
+    monkeypatch.setenv("PGBG_PREPARE", "1")
+    assert db.prepare_enabled()
 
 
 # -- keepalives ------------------------------------------------------------------------
