@@ -286,12 +286,13 @@ def worker_register(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostnam
 def worker_heartbeat(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str,
                      pid: int, concurrency: int) -> bool:
     """Renew the worker's lease; False if its row was gone (it had been presumed dead)."""
-    row = conn.execute(
-        """INSERT INTO pgbg.worker (id, hostname, pid, concurrency) VALUES (%s, %s, %s, %s)
-           ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
-           RETURNING xmax <> 0""",
-        (worker_id, hostname, pid, concurrency),
-    ).fetchone()
+    with db.read_committed(conn):
+        row = conn.execute(
+            """INSERT INTO pgbg.worker (id, hostname, pid, concurrency) VALUES (%s, %s, %s, %s)
+               ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+               RETURNING xmax <> 0""",
+            (worker_id, hostname, pid, concurrency),
+        ).fetchone()
     return bool(row and row[0])
 
 
@@ -525,17 +526,18 @@ def task_requeue(conn: psycopg.Connection[Any], task_id: uuid.UUID,
 def task_purge_batch(conn: psycopg.Connection[Any], older_than: float,
                      statuses: Sequence[str], batch_size: int) -> int:
     """Delete one batch of finished tasks (their log and links go with them)."""
-    row = conn.execute(
-        """WITH doomed AS (
-               SELECT id FROM pgbg.task
-                WHERE finished_at < now() - make_interval(secs => %s)
-                  AND status::text = ANY(%s) AND complete
-                ORDER BY finished_at LIMIT %s
-                FOR UPDATE SKIP LOCKED),
-           deleted AS (DELETE FROM pgbg.task t USING doomed WHERE t.id = doomed.id RETURNING 1)
-           SELECT count(*) FROM deleted""",
-        (older_than, list(statuses), batch_size),
-    ).fetchone()
+    with db.read_committed(conn):
+        row = conn.execute(
+            """WITH doomed AS (
+                   SELECT id FROM pgbg.task
+                    WHERE finished_at < now() - make_interval(secs => %s)
+                      AND status::text = ANY(%s) AND complete
+                    ORDER BY finished_at LIMIT %s
+                    FOR UPDATE SKIP LOCKED),
+               deleted AS (DELETE FROM pgbg.task t USING doomed WHERE t.id = doomed.id RETURNING 1)
+               SELECT count(*) FROM deleted""",
+            (older_than, list(statuses), batch_size),
+        ).fetchone()
     return int(row[0]) if row else 0
 
 

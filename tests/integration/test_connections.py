@@ -176,3 +176,17 @@ def test_enqueue_in_a_caller_transaction_at_any_level(
         caller.commit()
     ids = [result.id, *(r.id for r in many)]
     assert all(pgbg.get_task(i).status is pgbg.TaskStatus.QUEUED for i in ids)
+
+
+def test_terminate_and_retry_under_repeatable_read(repeatable_read: str, make_worker: Any,
+                                                    tmp_path: Any) -> None:
+    blocked = pgbg.run_in_background(tasks.block_until, "t", str(tmp_path / "never"))
+    retried = pgbg.enqueue(tasks.fail_until_attempt, args=(2,), task_type="t",
+                           max_attempts=2)
+    driver: Driver = make_worker(2, retry_backoff=0.1)
+    driver.until(lambda: pgbg.get_task(blocked).pid)
+    pgbg.terminate_background(blocked, wait=False)
+    driver.until_done(blocked, retried, timeout=60)
+    assert pgbg.get_task(blocked).status is pgbg.TaskStatus.TERMINATED
+    assert (pgbg.get_task(retried).status, pgbg.get_task(retried).attempt) == (
+        pgbg.TaskStatus.SUCCEEDED, 2)
