@@ -38,6 +38,8 @@ def test_poll_only_connections_prepare_nothing(database_url: str) -> None:
 
 def test_pgbg_prepare_0_turns_preparing_off(database_url: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGBG_NO_LISTEN", raising=False)  # this test's own listening mode
+    monkeypatch.delenv("PGBG_PREPARE", raising=False)
     with db.connect() as conn:
         assert conn.prepare_threshold is not None  # listening: preparing is worth it
     monkeypatch.setenv("PGBG_PREPARE", "0")
@@ -47,6 +49,7 @@ def test_pgbg_prepare_0_turns_preparing_off(database_url: str,
 
 def test_prepare_follows_listen_unless_set(database_url: str,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGBG_PREPARE", raising=False)
     monkeypatch.setenv("PGBG_NO_LISTEN", "1")
     assert not db.prepare_enabled()
     monkeypatch.setenv("PGBG_PREPARE", "1")
