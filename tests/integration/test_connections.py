@@ -100,15 +100,26 @@ def _claim(conn: psycopg.Connection[Any], n: int = 1) -> list[pgbg.BackgroundTas
 
 
 def test_held_claim_blocks_a_second_under_repeatable_read(repeatable_read: str) -> None:
+    _held_claim_blocks_a_second(repeatable_read)
+
+
+def test_held_claim_blocks_a_second_under_serializable_from_pgoptions(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGOPTIONS", "-c default_transaction_isolation=serializable")
+    with psycopg.connect(database_url) as check:
+        assert check.execute("SHOW transaction_isolation").fetchone() == ("serializable",)
+    _held_claim_blocks_a_second(database_url)
+
+
+def _held_claim_blocks_a_second(url: str) -> None:
     first = pgbg.run_in_background_with_limits(tasks.add, "a", 0, {"a": 1}, 1, 1)
     pgbg.run_in_background_with_limits(tasks.add, "a", 0, {"a": 1}, 2, 2)
-    with psycopg.connect(repeatable_read) as holder, \
-            psycopg.connect(repeatable_read, autocommit=True) as other:
+    with psycopg.connect(url) as holder, psycopg.connect(url, autocommit=True) as other:
         assert [t.id for t in _claim(holder, 5)] == [first.id]  # its transaction stays open
         second: list[pgbg.BackgroundTask] = []
         thread = threading.Thread(target=lambda: second.extend(_claim(other, 5)))
         thread.start()
-        with psycopg.connect(repeatable_read, autocommit=True) as watcher:
+        with psycopg.connect(url, autocommit=True) as watcher:
             wait_for(lambda: watcher.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
             ).fetchone() == (1,), message="the second claimer to wait for the claim lock")
