@@ -152,6 +152,7 @@ def connect(url: str | None = None, *, autocommit: bool = True,
         keepalive: dict[str, Any] = {k: v for k, v in KEEPALIVE.items() if k not in own}
         conn = psycopg.connect(target, autocommit=autocommit, connect_timeout=10,
                                application_name=application_name,
+                               # 5: psycopg's own default; None: never prepare
                                prepare_threshold=5 if prepare_enabled() else None,
                                **keepalive)
     except psycopg.OperationalError as exc:
