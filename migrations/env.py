@@ -2,14 +2,14 @@
 
 The version table lives in schema ``pgbg`` (``pgbg.alembic_version``), so an application
 with its own Alembic history in ``public`` keeps it untouched, and only objects of schema
-``pgbg`` are compared. Concurrent ``pgbg migrate`` runs serialise on an advisory lock.
+``pgbg`` are compared. Concurrent ``pgbg migrate`` runs serialise on an advisory lock held
+for their one transaction.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
@@ -52,19 +52,19 @@ def run_offline() -> None:
 
 def run_online() -> None:
     url = context.config.attributes.get("pgbg_url") or db.database_url()
+    # pgbg's own connection (nothing prepared behind a transaction-pooling PgBouncer, READ
+    # COMMITTED whatever the server's default) and one transaction for everything, its
+    # lock released by the commit: nothing outlives it on the server connection, which a
+    # transaction-pooling PgBouncer may hand to another client the moment it ends.
     engine = create_engine("postgresql+psycopg://", poolclass=pool.NullPool,
-                           creator=lambda: psycopg.connect(url))
-    with engine.connect() as connection:
-        connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
-        try:
-            connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
-            connection.commit()
-            _configure(connection=connection)
-            with context.begin_transaction():
-                context.run_migrations()
-        finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
-            connection.commit()
+                           creator=lambda: db.connect(url, autocommit=False,
+                                                      application_name="pgbg migrate"))
+    with engine.begin() as connection:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+        _configure(connection=connection)
+        with context.begin_transaction():
+            context.run_migrations()
 
 
 if context.is_offline_mode():

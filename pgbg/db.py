@@ -15,11 +15,13 @@ import importlib.metadata as _metadata
 import os
 import re
 import threading
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from pgbg import context
 from pgbg.exceptions import DatabaseUnavailable, SchemaMissing
@@ -148,18 +150,88 @@ def without_password(url: str) -> str:
     return _PASSWORD_PARAM.sub("", url).strip()
 
 
+# TCP keepalives and a user timeout on every connection pgbg opens: a peer that vanished
+# (host down, cable cut, NAT state lost) is noticed in about 10 s, well within the worker's
+# default lease of 30 s, instead of after the kernel's two hours. libpq ignores them on a
+# Unix socket; a URL that sets any of them keeps its own value.
+KEEPALIVE = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2",
+             "keepalives_count": "3", "tcp_user_timeout": "10000"}
+
+
+def prepare_enabled() -> bool:
+    """Whether pgbg's connections may prepare statements server-side: not when
+    ``PGBG_PREPARE=0``, nor in poll-only mode (``PGBG_NO_LISTEN=1`` /
+    ``configure(listen=False)``), which is what a transaction-pooling PgBouncer needs:
+    a statement prepared in one transaction would be missing, or already there, on the
+    server connection the next transaction lands on."""
+    explicit = os.environ.get("PGBG_PREPARE", "").lower()
+    if explicit in ("0", "false", "no"):
+        return False
+    if explicit in ("1", "true", "yes"):
+        return True
+    return listen_enabled()
+
+
 def connect(url: str | None = None, *, autocommit: bool = True,
             application_name: str = "pgbg") -> psycopg.Connection[Any]:
-    """A new connection; failures become ``DatabaseUnavailable`` naming the masked URL."""
+    """A new connection; failures become ``DatabaseUnavailable`` naming the masked URL.
+
+    It holds no session state a transaction-pooling PgBouncer could lose: statements are
+    prepared only while ``prepare_enabled()``, and nothing is SET. Its transactions start
+    with ``BEGIN ISOLATION LEVEL READ COMMITTED`` whatever the server's default (pgbg's
+    claim is correct only there); autocommit statements that need it go through
+    ``read_committed``.
+    """
     target = url or database_url()
     try:
-        return psycopg.connect(target, autocommit=autocommit, connect_timeout=10,
-                               application_name=versioned_name(application_name))
+        own = conninfo_to_dict(target)
+        keepalive: dict[str, Any] = {k: v for k, v in KEEPALIVE.items() if k not in own}
+        conn = psycopg.connect(target, autocommit=autocommit, connect_timeout=10,
+                               application_name=versioned_name(application_name),
+                               # 5: psycopg's own default; None: never prepare
+                               prepare_threshold=5 if prepare_enabled() else None,
+                               **keepalive)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailable(
             f"cannot connect to {mask_url(target)}: {mask_url(reason)}"
         ) from exc
+    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+    return conn
+
+
+_READ_COMMITTED = "read committed"
+_default_isolation: weakref.WeakKeyDictionary[psycopg.Connection[Any], str] = (
+    weakref.WeakKeyDictionary())
+
+
+def read_committed(conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+    """Run what follows at READ COMMITTED, the level pgbg's claim and row updates are
+    written for (under REPEATABLE READ the claim's snapshot predates its lock wait).
+
+    Free on the usual server: the connection's ``default_transaction_isolation`` is read
+    once (at its first use here) and, when it is read committed, nothing is added. Else an
+    autocommit statement is wrapped in a ``BEGIN ISOLATION LEVEL READ COMMITTED``
+    transaction, and an idle non-autocommit connection starts its next transaction at that
+    level. Inside a transaction already begun, the caller chose; nothing changes.
+    """
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return nullcontext()
+    default = _default_isolation.get(conn)
+    if default is None:
+        row = conn.execute("SELECT current_setting('default_transaction_isolation')"
+                           ).fetchone()
+        default = _default_isolation[conn] = str(row[0]) if row else _READ_COMMITTED
+        if not conn.autocommit:
+            conn.commit()  # the look ended the idle state it began in
+    if default == _READ_COMMITTED:
+        return nullcontext()
+    if not conn.autocommit:
+        conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        return nullcontext()
+    if conn.isolation_level != psycopg.IsolationLevel.READ_COMMITTED:
+        conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+    return conn.transaction()
 
 
 def _drop_shared() -> None:
@@ -189,7 +261,7 @@ def waiting_connection() -> Iterator[psycopg.Connection[Any]]:
 def _give_back(conn: psycopg.Connection[Any]) -> None:
     healthy = not conn.closed and not conn.broken and (
         conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
-    if healthy:
+    if healthy and listen_enabled():  # poll-only: nothing was listened to
         try:
             conn.execute("UNLISTEN *")
         except psycopg.Error:

@@ -16,7 +16,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgbg import notify, storable
+from pgbg import db, notify, storable
 from pgbg.models import BackgroundTask, QueuedTask, TaskStatus
 
 
@@ -126,7 +126,7 @@ def queue_list(conn: psycopg.Connection[Any], task_type: str | None = None,
 def task_claim(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str,
                max_tasks: int) -> list[BackgroundTask]:
     """Claim up to ``max_tasks`` runnable tasks in one transaction (see the migration)."""
-    with conn.cursor(row_factory=dict_row) as cur:
+    with db.read_committed(conn), conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute("SELECT * FROM pgbg.task_claim(%s, %s, %s)",
                            (worker_id, hostname, max_tasks)).fetchall()
     return [_task(row) for row in rows]
@@ -179,17 +179,18 @@ def task_step(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str
     # a pid whose task ended in the same step is written with the outcome: one row version
     pid_of = {(i, a): p for i, a, p in pids}
     ended = {(o.task_id, o.attempt) for o in outcomes}
-    rows = conn.execute(TASK_STEP, (
-        worker_id, hostname, max_claim,
-        Jsonb([{"id": str(i), "attempt": a, "pid": p} for i, a, p in pids
-               if (i, a) not in ended]),
-        Jsonb([{"id": str(o.task_id), "attempt": o.attempt, "status": o.status.value,
-                "result": o.result, "error": o.error, "exit_code": o.exit_code,
-                "signal": o.signal, "error_exit": o.error_exit_recorded,
-                "pid": pid_of.get((o.task_id, o.attempt))} for o in outcomes],
-              dumps=storable.dumps),  # a float result comes back as the same float
-        max_claim,
-    )).fetchall()
+    with db.read_committed(conn):
+        rows = conn.execute(TASK_STEP, (
+            worker_id, hostname, max_claim,
+            Jsonb([{"id": str(i), "attempt": a, "pid": p} for i, a, p in pids
+                   if (i, a) not in ended]),
+            Jsonb([{"id": str(o.task_id), "attempt": o.attempt, "status": o.status.value,
+                    "result": o.result, "error": o.error, "exit_code": o.exit_code,
+                    "signal": o.signal, "error_exit": o.error_exit_recorded,
+                    "pid": pid_of.get((o.task_id, o.attempt))} for o in outcomes],
+                  dumps=storable.dumps),  # a float result comes back as the same float
+            max_claim,
+        )).fetchall()
     return Step(claimed=[BackgroundTask.from_wire(task) for kind, task in rows
                          if kind == "claimed"],
                 unwritten=[uuid.UUID(task) for kind, task in rows if kind == "unwritten"],
@@ -199,14 +200,15 @@ def task_step(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str
 def task_cancel_queued(conn: psycopg.Connection[Any], task_id: uuid.UUID,
                        reason: str) -> bool:
     """Cancel a task that has not started; False if it is not (or no longer) queued."""
-    row = conn.execute(
-        """WITH cancelled AS (
-               UPDATE pgbg.task SET status = 'cancelled', finished_at = clock_timestamp(),
-                      error = %s
-                WHERE id = %s AND status = 'queued' RETURNING id)
-           SELECT pg_notify(%s, id::text) FROM cancelled""",
-        (reason, task_id, notify.DONE),
-    ).fetchone()
+    with db.read_committed(conn):
+        row = conn.execute(
+            """WITH cancelled AS (
+                   UPDATE pgbg.task SET status = 'cancelled', finished_at = clock_timestamp(),
+                          error = %s
+                    WHERE id = %s AND status = 'queued' RETURNING id)
+               SELECT pg_notify(%s, id::text) FROM cancelled""",
+            (reason, task_id, notify.DONE),
+        ).fetchone()
     return row is not None
 
 
@@ -243,30 +245,31 @@ def task_retry_later(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
     """Queue a failed attempt again, due after ``delay`` seconds (fenced like an outcome);
     the attempt's error goes to the task's log. If a successor holds the task's
     unique_key, the task fails instead (saying so): it cannot be queued beside it."""
-    row = conn.execute(
-        """WITH again AS (
-               UPDATE pgbg.task t
-                  SET status = CASE WHEN """ + KEY_TAKEN + """ THEN 'failed'::pgbg.task_status
-                                    ELSE 'queued'::pgbg.task_status END,
-                      finished_at = CASE WHEN """ + KEY_TAKEN + """ THEN clock_timestamp() END,
-                      run_at = clock_timestamp() + make_interval(secs => %(delay)s),
-                      error = CASE WHEN """ + KEY_TAKEN + """
-                                   THEN %(error)s || E'\n' || %(superseded)s
-                                   ELSE %(error)s END,
-                      pid = CASE WHEN """ + KEY_TAKEN + """ THEN t.pid END,
-                      started_at = CASE WHEN """ + KEY_TAKEN + """ THEN t.started_at END
-                WHERE id = %(id)s AND worker_id = %(worker)s AND attempt = %(attempt)s
-                  AND status = 'running'
-            RETURNING id, status)
-           SELECT status::text, pg_notify(CASE WHEN status = 'queued' THEN %(queued)s
-                                               ELSE %(done)s END,
-                                          CASE WHEN status = 'queued' THEN ''
-                                               ELSE id::text END)
-             FROM again""",
-        {"delay": delay, "error": error, "superseded": SUPERSEDED, "id": task.id,
-         "worker": worker_id, "attempt": task.attempt, "queued": notify.QUEUED,
-         "done": notify.DONE},
-    ).fetchone()
+    with db.read_committed(conn):
+        row = conn.execute(
+            """WITH again AS (
+                   UPDATE pgbg.task t
+                      SET status = CASE WHEN """ + KEY_TAKEN + """ THEN 'failed'::pgbg.task_status
+                                        ELSE 'queued'::pgbg.task_status END,
+                          finished_at = CASE WHEN """ + KEY_TAKEN + """ THEN clock_timestamp() END,
+                          run_at = clock_timestamp() + make_interval(secs => %(delay)s),
+                          error = CASE WHEN """ + KEY_TAKEN + """
+                                       THEN %(error)s || E'\n' || %(superseded)s
+                                       ELSE %(error)s END,
+                          pid = CASE WHEN """ + KEY_TAKEN + """ THEN t.pid END,
+                          started_at = CASE WHEN """ + KEY_TAKEN + """ THEN t.started_at END
+                    WHERE id = %(id)s AND worker_id = %(worker)s AND attempt = %(attempt)s
+                      AND status = 'running'
+                RETURNING id, status)
+               SELECT status::text, pg_notify(CASE WHEN status = 'queued' THEN %(queued)s
+                                                   ELSE %(done)s END,
+                                              CASE WHEN status = 'queued' THEN ''
+                                                   ELSE id::text END)
+                 FROM again""",
+            {"delay": delay, "error": error, "superseded": SUPERSEDED, "id": task.id,
+             "worker": worker_id, "attempt": task.attempt, "queued": notify.QUEUED,
+             "done": notify.DONE},
+        ).fetchone()
     if row and row[0] == TaskStatus.QUEUED:
         task_log_insert(conn, task.id, "error", f"attempt {task.attempt} failed; retrying in "
                                                  f"{delay:.1f}s:\n{error}")
@@ -307,12 +310,13 @@ def worker_register(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostnam
 def worker_heartbeat(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str,
                      pid: int, concurrency: int) -> bool:
     """Renew the worker's lease; False if its row was gone (it had been presumed dead)."""
-    row = conn.execute(
-        """INSERT INTO pgbg.worker (id, hostname, pid, concurrency) VALUES (%s, %s, %s, %s)
-           ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
-           RETURNING xmax <> 0""",
-        (worker_id, hostname, pid, concurrency),
-    ).fetchone()
+    with db.read_committed(conn):
+        row = conn.execute(
+            """INSERT INTO pgbg.worker (id, hostname, pid, concurrency) VALUES (%s, %s, %s, %s)
+               ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+               RETURNING xmax <> 0""",
+            (worker_id, hostname, pid, concurrency),
+        ).fetchone()
     return bool(row and row[0])
 
 
@@ -335,24 +339,26 @@ def task_release_unstarted(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
     reply was lost with the connection, or that committed after it; claimed ahead when
     the worker stops) and wake the workers. The attempt never ran, so it is undone; one
     whose unique_key a successor took meanwhile is cancelled instead."""
-    rows = conn.execute(
-        """WITH released AS (
-               UPDATE pgbg.task t
-                  SET status = CASE WHEN """ + KEY_TAKEN + """ THEN 'cancelled'::pgbg.task_status
-                                    ELSE 'queued'::pgbg.task_status END,
-                      finished_at = CASE WHEN """ + KEY_TAKEN + """ THEN clock_timestamp() END,
-                      error = CASE WHEN """ + KEY_TAKEN + """ THEN %(superseded)s END,
-                      attempt = attempt - 1, worker_id = NULL, hostname = NULL,
-                      started_at = NULL, pid = NULL
-                WHERE worker_id = %(worker)s AND status = 'running' AND id <> ALL(%(known)s)
-            RETURNING id, status
-           ), notified AS (
-               SELECT pg_notify(%(queued)s, '') WHERE EXISTS (SELECT 1 FROM released)
-           )
-           SELECT id FROM released, (SELECT count(*) FROM notified) n""",
-        {"worker": worker_id, "known": list(known), "queued": notify.QUEUED,
-         "superseded": SUPERSEDED},
-    ).fetchall()
+    with db.read_committed(conn):
+        rows = conn.execute(
+            """WITH released AS (
+                   UPDATE pgbg.task t
+                      SET status = CASE WHEN """ + KEY_TAKEN + """
+                                        THEN 'cancelled'::pgbg.task_status
+                                        ELSE 'queued'::pgbg.task_status END,
+                          finished_at = CASE WHEN """ + KEY_TAKEN + """ THEN clock_timestamp() END,
+                          error = CASE WHEN """ + KEY_TAKEN + """ THEN %(superseded)s END,
+                          attempt = attempt - 1, worker_id = NULL, hostname = NULL,
+                          started_at = NULL, pid = NULL
+                    WHERE worker_id = %(worker)s AND status = 'running' AND id <> ALL(%(known)s)
+                RETURNING id, status
+               ), notified AS (
+                   SELECT pg_notify(%(queued)s, '') WHERE EXISTS (SELECT 1 FROM released)
+               )
+               SELECT id FROM released, (SELECT count(*) FROM notified) n""",
+            {"worker": worker_id, "known": list(known), "queued": notify.QUEUED,
+             "superseded": SUPERSEDED},
+        ).fetchall()
     return [row[0] for row in rows]
 
 
@@ -414,15 +420,16 @@ def worker_unregister(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> No
 def task_request_cancel(conn: psycopg.Connection[Any], task_id: uuid.UUID,
                         requested_by: str) -> bool:
     """Mark a running task for termination and tell its worker; False if not running."""
-    row = conn.execute(
-        """WITH marked AS (
-               UPDATE pgbg.task
-                  SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp()),
-                      cancel_requested_by = coalesce(cancel_requested_by, %s)
-                WHERE id = %s AND status = 'running' RETURNING id)
-           SELECT pg_notify(%s, id::text) FROM marked""",
-        (requested_by, task_id, notify.CANCEL),
-    ).fetchone()
+    with db.read_committed(conn):
+        row = conn.execute(
+            """WITH marked AS (
+                   UPDATE pgbg.task
+                      SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp()),
+                          cancel_requested_by = coalesce(cancel_requested_by, %s)
+                    WHERE id = %s AND status = 'running' RETURNING id)
+               SELECT pg_notify(%s, id::text) FROM marked""",
+            (requested_by, task_id, notify.CANCEL),
+        ).fetchone()
     return row is not None
 
 
@@ -559,17 +566,18 @@ def task_requeue(conn: psycopg.Connection[Any], task_id: uuid.UUID,
 def task_purge_batch(conn: psycopg.Connection[Any], older_than: float,
                      statuses: Sequence[str], batch_size: int) -> int:
     """Delete one batch of finished tasks (their log and links go with them)."""
-    row = conn.execute(
-        """WITH doomed AS (
-               SELECT id FROM pgbg.task
-                WHERE finished_at < now() - make_interval(secs => %s)
-                  AND status::text = ANY(%s) AND complete
-                ORDER BY finished_at LIMIT %s
-                FOR UPDATE SKIP LOCKED),
-           deleted AS (DELETE FROM pgbg.task t USING doomed WHERE t.id = doomed.id RETURNING 1)
-           SELECT count(*) FROM deleted""",
-        (older_than, list(statuses), batch_size),
-    ).fetchone()
+    with db.read_committed(conn):
+        row = conn.execute(
+            """WITH doomed AS (
+                   SELECT id FROM pgbg.task
+                    WHERE finished_at < now() - make_interval(secs => %s)
+                      AND status::text = ANY(%s) AND complete
+                    ORDER BY finished_at LIMIT %s
+                    FOR UPDATE SKIP LOCKED),
+               deleted AS (DELETE FROM pgbg.task t USING doomed WHERE t.id = doomed.id RETURNING 1)
+               SELECT count(*) FROM deleted""",
+            (older_than, list(statuses), batch_size),
+        ).fetchone()
     return int(row[0]) if row else 0
 
 

@@ -292,3 +292,17 @@ def received(value: Any) -> Any:
 
     pgbg.record_task_info(json.dumps(_shape(value)))
     return value
+
+
+def record_info_times(times: int) -> int:
+    """Record progress ``times`` times (the same statements again and again)."""
+    for i in range(times):
+        pgbg.record_task_info(f"step {i}")
+    return times
+
+
+def connection_settings() -> dict[str, bool]:
+    """What this task's own connections would do: LISTEN, prepare statements."""
+    from pgbg import db
+
+    return {"listen": db.listen_enabled(), "prepare": db.prepare_enabled()}

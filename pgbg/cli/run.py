@@ -56,6 +56,10 @@ def worker(
     from pgbg.worker import Worker
 
     setup_logging(log_level)
+    if listen is not None:
+        # for the whole process tree: the fork server and the tasks' own connections too
+        # (--no-listen: poll only and prepare nothing, as behind a PgBouncer)
+        os.environ["PGBG_NO_LISTEN"] = "0" if listen else "1"
     w = Worker(concurrency, poll_interval=poll_interval, shutdown_timeout=shutdown_timeout,
                kill_grace=kill_grace, heartbeat_interval=heartbeat_interval, lease=lease,
                task_timeout=task_timeout,
