@@ -19,7 +19,7 @@ import types
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import psycopg
@@ -44,6 +44,9 @@ from pgbg.models import BackgroundTask, QueuedTask, TaskStatus
 
 # What the columns hold (pgbg/schema.py; migration 0010 adds the CHECK constraints).
 INT_MIN, INT_MAX = -(2 ** 31), 2 ** 31 - 1  # priority, num_proc, num_of_task_type values
+# Bytes of UTF-8 a name may take (the database checks the same, migration 0012): indexed
+# text must fit an index row, or the insert (or the claim that indexes it) fails.
+MAX_TASK_TYPE, MAX_UNIQUE_KEY = 255, 1024
 MAX_ATTEMPTS = 1000  # max_attempts is 1..MAX_ATTEMPTS
 MAX_DELAY = 100 * 365.25 * 86400.0  # delay= (seconds): a century, well inside timestamptz
 
@@ -172,6 +175,11 @@ def _schedule(run_at: object, delay: object) -> dict[str, Any]:
     if run_at is not None:
         if not isinstance(run_at, datetime) or run_at.tzinfo is None:
             raise InvalidOption("run_at must be a timezone-aware datetime")
+        try:  # a time every reader can read back: within years 1 to 9999 in UTC
+            run_at.astimezone(UTC)
+        except OverflowError:
+            raise OptionOutOfRange(f"run_at {run_at.isoformat()} is outside years 1 to 9999 "
+                                   "in UTC") from None
         return {"run_at": run_at, "delay": None}
     if isinstance(delay, timedelta):
         delay = delay.total_seconds()
@@ -207,7 +215,7 @@ def _unique(unique_key: object, while_running: object) -> dict[str, Any]:
     if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
         raise InvalidOption(f"unique_key must be a non-empty string, not {unique_key!r}")
     if unique_key is not None:
-        storable.check_text(unique_key, "unique_key")
+        _bounded(storable.check_text(unique_key, "unique_key"), "unique_key", MAX_UNIQUE_KEY)
     if not isinstance(while_running, bool):
         raise InvalidOption("unique_while_running must be True or False")
     return {"unique_key": unique_key, "unique_running": while_running}
@@ -362,7 +370,14 @@ def function_name(func: Callable[..., Any] | str) -> str:
 def _task_type(task_type: object) -> str:
     if not isinstance(task_type, str) or not task_type.strip():
         raise InvalidOption(f"task_type must be a non-empty string, not {task_type!r}")
-    return storable.check_text(task_type, "task_type")
+    return _bounded(storable.check_text(task_type, "task_type"), "task_type", MAX_TASK_TYPE)
+
+
+def _bounded(text: str, name: str, limit: int) -> str:
+    if len(text) > limit // 4 and len(text.encode()) > limit:
+        raise OptionOutOfRange(f"{name} must be at most {limit} bytes of UTF-8, not "
+                               f"{len(text.encode())}")
+    return text
 
 
 def _int(name: str, value: object, *, minimum: int = INT_MIN, maximum: int = INT_MAX) -> int:
@@ -415,6 +430,7 @@ def _type_limits(limits: object) -> dict[str, int]:
         problem = storable.text_problem(key)
         if problem is not None:
             raise UnstorableValue(f"num_of_task_type: key {key!r}: {problem}")
+        _bounded(key, "a num_of_task_type key", MAX_TASK_TYPE)
         # the claim counts in integer: a limit past INT_MAX would stop every claim
         _int(f"num_of_task_type[{key!r}]", value, minimum=1)
     return {key: int(value) for key, value in limits.items()}

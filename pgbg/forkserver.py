@@ -384,7 +384,7 @@ class Spare:
     def read_output(self, limit: int) -> list[str]:
         """What the task printed since the last call, up to ``limit`` bytes in all; the
         rest is counted for ``truncation_note``."""
-        data, self.out_fd = self._read_available(self.out_fd)
+        data, self.out_fd = self._read_available(self.out_fd, 1 << 20)  # bounded per call
         kept = data[:max(0, limit - self.out_kept)]
         self.out_kept += len(kept)
         self.out_dropped += len(data) - len(kept)
@@ -502,7 +502,10 @@ class Client:
         self.process: subprocess.Popen[bytes] = subprocess.Popen(
             [sys.executable, "-m", "pgbg.forkserver", str(theirs.fileno()), str(os.getpid()),
              str(spares)],
-            pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+            pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+            # Its own session: a stop aimed at the worker's process group (Ctrl-Z, kill
+            # -STOP -pgid) must not freeze the watchdog that kills tasks at lease lapse.
+            start_new_session=True)
         theirs.close()
         self.sock = ours
         ours.send(json.dumps({"op": "setup", "database_url": database_url,

@@ -83,15 +83,30 @@ class BackgroundTask:
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> BackgroundTask:
         """From ``to_wire``'s JSON values (or a row as JSON); unknown fields are ignored."""
+        task, problem = cls.from_wire_lenient(data)
+        if problem is not None:
+            raise ValueError(problem)
+        return task
+
+    @classmethod
+    def from_wire_lenient(cls, data: Mapping[str, Any]) -> tuple[BackgroundTask, str | None]:
+        """``from_wire``, and a time Python cannot read (``-infinity``, a year BC, put
+        there by SQL) left None and named in the second value instead of raising: the
+        worker fails that task alone rather than every claim that returns it."""
         known = _field_names()
         values = {name: value for name, value in data.items() if name in known}
+        problem = None
         for name in ("id", "worker_id"):
             values[name] = uuid.UUID(values[name]) if values[name] else None
         for name in ("queued_at", "started_at", "finished_at", "cancel_requested_at", "run_at",
                      "period"):
-            values[name] = datetime.fromisoformat(values[name]) if values[name] else None
+            try:
+                values[name] = datetime.fromisoformat(values[name]) if values[name] else None
+            except (TypeError, ValueError):
+                problem = f"{name} {values[name]!r} cannot be read"
+                values[name] = None
         values["status"] = TaskStatus(values["status"])
-        return cls(**values)
+        return cls(**values), problem
 
     # Names the original module used, so code written against it keeps working.
     @property

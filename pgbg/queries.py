@@ -41,6 +41,22 @@ KEY_TAKEN = """(t.unique_key IS NOT NULL AND EXISTS (
        AND (o.status = 'queued' OR (o.status = 'running' AND o.unique_running))))"""
 SUPERSEDED = "a newer task with the same unique_key is queued: this one is not queued again"
 
+
+def _back_to_queue(candidates: str) -> str:
+    """CTEs ``candidates`` (the rows of the SELECT ``candidates``, locked) and ``ranked``
+    (``free``: whether each may go back to the queue): no live task holds its unique_key,
+    and of candidates sharing one, only the oldest goes back (each row alone would see
+    the others still running, and all would collide in the unique index)."""
+    return f"""candidates AS ({candidates}
+           ), ranked AS (
+               SELECT t.id, t.unique_key IS NULL OR (
+                          row_number() OVER (PARTITION BY t.unique_key
+                                             ORDER BY t.attempt >= t.max_attempts,
+                                                      t.queued_at, t.id) = 1
+                          AND NOT {KEY_TAKEN}) AS free
+                 FROM pgbg.task t JOIN candidates c ON c.id = t.id
+           )"""
+
 TASK_INSERT = """
 WITH inserted AS (
     INSERT INTO pgbg.task (id, task_type, func, args, kwargs, priority, num_proc,
@@ -148,6 +164,7 @@ class Outcome:
 
 class Step(NamedTuple):
     claimed: list[BackgroundTask]
+    unreadable: list[tuple[BackgroundTask, str]]  # claimed, but with a field Python cannot read
     unwritten: list[uuid.UUID]  # outcomes not written: the task is no longer this worker's
     next_due: float | None  # seconds until a scheduled task falls due, if the claim fell short
 
@@ -191,8 +208,10 @@ def task_step(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str
                   dumps=storable.dumps),  # a float result comes back as the same float
             max_claim,
         )).fetchall()
-    return Step(claimed=[BackgroundTask.from_wire(task) for kind, task in rows
-                         if kind == "claimed"],
+    claimed = [BackgroundTask.from_wire_lenient(task) for kind, task in rows
+               if kind == "claimed"]
+    return Step(claimed=[task for task, problem in claimed if problem is None],
+                unreadable=[(task, problem) for task, problem in claimed if problem is not None],
                 unwritten=[uuid.UUID(task) for kind, task in rows if kind == "unwritten"],
                 next_due=next((task for kind, task in rows if kind == "due"), None))
 
@@ -341,17 +360,19 @@ def task_release_unstarted(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
     whose unique_key a successor took meanwhile is cancelled instead."""
     with db.read_committed(conn):
         rows = conn.execute(
-            """WITH released AS (
+            "WITH " + _back_to_queue("""
+               SELECT id FROM pgbg.task
+                WHERE worker_id = %(worker)s AND status = 'running' AND id <> ALL(%(known)s)
+                  FOR UPDATE""") + """, released AS (
                    UPDATE pgbg.task t
-                      SET status = CASE WHEN """ + KEY_TAKEN + """
-                                        THEN 'cancelled'::pgbg.task_status
-                                        ELSE 'queued'::pgbg.task_status END,
-                          finished_at = CASE WHEN """ + KEY_TAKEN + """ THEN clock_timestamp() END,
-                          error = CASE WHEN """ + KEY_TAKEN + """ THEN %(superseded)s END,
+                      SET status = CASE WHEN r.free THEN 'queued'::pgbg.task_status
+                                        ELSE 'cancelled'::pgbg.task_status END,
+                          finished_at = CASE WHEN NOT r.free THEN clock_timestamp() END,
+                          error = CASE WHEN NOT r.free THEN %(superseded)s END,
                           attempt = attempt - 1, worker_id = NULL, hostname = NULL,
                           started_at = NULL, pid = NULL
-                    WHERE worker_id = %(worker)s AND status = 'running' AND id <> ALL(%(known)s)
-                RETURNING id, status
+                     FROM ranked r WHERE t.id = r.id
+                RETURNING t.id, t.status
                ), notified AS (
                    SELECT pg_notify(%(queued)s, '') WHERE EXISTS (SELECT 1 FROM released)
                )
@@ -377,23 +398,22 @@ def task_recover_lost(conn: psycopg.Connection[Any],
                     WHERE heartbeat_at < now() - make_interval(secs => %(lease)s)
                       AND now() - pg_postmaster_start_time() > make_interval(secs => %(lease)s)
                    RETURNING id
-               ), lost AS (
+               ), """ + _back_to_queue("""
                    SELECT id FROM pgbg.task t
                     WHERE status = 'running'
                       AND (worker_id IN (SELECT id FROM lost_worker)
                            OR NOT EXISTS (SELECT 1 FROM pgbg.worker w WHERE w.id = t.worker_id))
-                    FOR UPDATE SKIP LOCKED
-               )
+                    FOR UPDATE SKIP LOCKED""") + """
                UPDATE pgbg.task t
-                  SET status = CASE WHEN attempt < max_attempts AND NOT """ + KEY_TAKEN + """
+                  SET status = CASE WHEN attempt < max_attempts AND r.free
                                     THEN 'queued'::pgbg.task_status
                                     ELSE 'failed'::pgbg.task_status END,
-                      error = CASE WHEN attempt < max_attempts AND """ + KEY_TAKEN + """
+                      error = CASE WHEN attempt < max_attempts AND NOT r.free
                                    THEN %(error)s || E'\n' || %(superseded)s
                                    ELSE %(error)s END,
-                      finished_at = CASE WHEN attempt < max_attempts AND NOT """ + KEY_TAKEN + """
+                      finished_at = CASE WHEN attempt < max_attempts AND r.free
                                          THEN NULL ELSE clock_timestamp() END
-                 FROM lost WHERE t.id = lost.id
+                 FROM ranked r WHERE t.id = r.id
                RETURNING t.id, t.status::text, t.attempt""",
             {"lease": lease_seconds, "error": WORKER_LOST, "superseded": SUPERSEDED},
         ).fetchall()

@@ -118,6 +118,13 @@ task = Table(
     Index("task_periodic_period_idx", "periodic", "period", unique=True,
           postgresql_where=text("periodic IS NOT NULL")),
     *_option_checks("task"),
+    # Names that fit their indexes, times every reader can read (migration 0012).
+    CheckConstraint("octet_length(task_type) <= 255", name="task_task_type_length"),
+    CheckConstraint("unique_key IS NULL OR octet_length(unique_key) <= 1024",
+                    name="task_unique_key_length"),
+    CheckConstraint("run_at IS NULL OR (isfinite(run_at) AND run_at >= "
+                    "'0001-01-01 00:00:00+00' AND run_at < '10000-01-01 00:00:00+00')",
+                    name="task_run_at_readable"),
 )
 
 task_log = Table(
@@ -176,6 +183,7 @@ periodic = Table(
     CheckConstraint("(cron IS NULL) <> (every IS NULL)", name="periodic_one_schedule"),
     CheckConstraint("every IS NULL OR every >= 1", name="periodic_every_positive"),
     *_option_checks("periodic"),
+    CheckConstraint("octet_length(task_type) <= 255", name="periodic_task_type_length"),
     Index("periodic_due_idx", "next_run_at", postgresql_where=text("enabled")),
 )
 

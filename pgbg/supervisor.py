@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from pgbg import children, decisions
@@ -53,7 +54,11 @@ class Supervisor:
 
     # -- starting ----------------------------------------------------------------------
 
-    def claimed(self, tasks: list[BackgroundTask]) -> None:
+    def claimed(self, tasks: Sequence[BackgroundTask],
+                unreadable: Sequence[tuple[BackgroundTask, str]] = ()) -> None:
+        for task, problem in unreadable:  # each fails alone
+            self.ledger.ended(self.ledger.claimed(task), Outcome(
+                task.id, task.attempt, TaskStatus.FAILED, error=f"cannot run: {problem}"))
         for task in tasks:
             attempt = self.ledger.claimed(task)
             for older in self.ledger.older_alive(attempt):

@@ -25,14 +25,10 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 
-import psycopg
-
 from pgbg import children, db, notify
-from pgbg.attempts import ALIVE, Attempt, Phase
+from pgbg.attempts import ALIVE, Phase
 from pgbg.exceptions import DatabaseUnavailable, InvalidOption
-from pgbg.models import TERMINAL_STATUSES, TaskStatus
-from pgbg.queries import Outcome
-from pgbg.storable import clean_text
+from pgbg.models import TERMINAL_STATUSES
 from pgbg.supervisor import NOT_OURS, Policy, Supervisor
 from pgbg.workerdb import WorkerDatabase
 
@@ -40,7 +36,6 @@ logger = logging.getLogger(__name__)
 RETENTION_BATCH = 1000  # finished tasks purged per heartbeat when retention is set
 TERMINAL = [s.value for s in TERMINAL_STATUSES]
 PERIODIC_RECHECK = 60.0  # seconds between looks at periodic tasks when none falls due sooner
-WRITE_RETRY = 1.0  # seconds before writes the database refused or timed out are tried again
 
 
 class Worker:
@@ -96,14 +91,11 @@ class Worker:
                                       self.allow, lease), self._children)
         self._ledger = self._sup.ledger
         self._records = self._sup.records  # in order; written before the outcomes
-        self._writes_due = 0.0  # after a refused or timed-out write: not before this
         self._want_claim = True
         self._next_poll = 0.0
         self._next_heartbeat = 0.0
         self._next_cancel_check = 0.0
         self._next_periodic = 0.0
-        self._next_connect = 0.0
-        self._connect_delay = 0.1
         self._stopping = False
         self._hard_stop_at: float | None = None
         self._killed_all = False
@@ -164,7 +156,7 @@ class Worker:
         """One step: claim into free slots, wait for events up to ``timeout``, handle them."""
         self.start()
         now = time.monotonic()
-        if not self._db.connected and now >= self._next_connect:
+        if not self._db.connected and now >= self._db.next_connect:
             self._try_connect()
         if self._hard_stop_at is not None and now >= self._hard_stop_at and not self._killed_all:
             self._killed_all = True
@@ -222,7 +214,7 @@ class Worker:
 
     def _wait_time(self, timeout: float | None) -> float:
         now = time.monotonic()
-        deadlines = [self._next_heartbeat if self._db.connected else self._next_connect,
+        deadlines = [self._next_heartbeat if self._db.connected else self._db.next_connect,
                      *self._sup.deadlines()]
         if self._ledger.undecided():
             deadlines.append(self._next_cancel_check)
@@ -232,11 +224,11 @@ class Worker:
         elif self._db.connected:
             deadlines.append(self._next_periodic)
             if self._free_slots() > 0:
-                if self._want_claim and now >= self._writes_due:
+                if self._want_claim and now >= self._db.retry_at:
                     return 0.0
-                deadlines.append(max(self._next_poll, self._writes_due))
+                deadlines.append(max(self._next_poll, self._db.retry_at))
         if self._records or self._ledger.pending_finals() or self._ledger.pids_to_write():
-            deadlines.append(max(self._sup.pids_due, self._writes_due))
+            deadlines.append(max(self._sup.pids_due, self._db.retry_at))
         wait = max(0.0, min(deadlines) - now)
         return wait if timeout is None else min(wait, timeout)
 
@@ -246,7 +238,7 @@ class Worker:
         """Write what the loop collected and claim into free slots, if a claim is due, in
         one transaction; a pid alone waits up to PID_DELAY for a commit to share."""
         now = time.monotonic()
-        if not self._db.connected or now < self._writes_due:
+        if not self._db.connected or now < self._db.retry_at:
             return
         free = self._free_slots() if not self._stopping else 0
         claim = free > 0 and (self._want_claim or now >= self._next_poll)
@@ -254,73 +246,19 @@ class Worker:
         pids = self._ledger.pids_to_write()
         if not (claim or self._records or finals or (pids and now >= self._sup.pids_due)):
             return
-        records, known = list(self._records), self._ledger.known_ids()
-        try:
-            step = self._db.step(records, finals, pids, free if claim else 0, known)
-        except Exception as exc:  # no error may end the loop
-            if not self._failed("a batch of writes", exc):
-                self._write_one_by_one()
+        step = self._db.write(self._records, finals, pids, free if claim else 0, self._ledger)
+        if step is None:  # nothing committed, or written item by item without the claim
             if claim:
                 self._next_poll, self._want_claim = time.monotonic() + self.poll_interval, False
             return
-        del self._records[:len(records)]
-        for attempt in pids:
-            attempt.pid_written = True
-        self._ledger.committed(finals)
-        for task_id in step.unwritten:
-            logger.warning("outcome not written: the task is no longer ours",
-                           extra={"task_id": str(task_id)})
         if claim:
             now = time.monotonic()
             self._next_poll = now + self.poll_interval
             if step.next_due is not None:  # idle slots: claim again when it falls due
                 self._next_poll = min(self._next_poll, now + max(step.next_due, 0.0) + 0.001)
-            self._want_claim = len(step.claimed) == free  # a full batch: more may be waiting
-            self._sup.claimed(step.claimed)
-
-    def _failed(self, what: str, exc: Exception) -> bool:
-        """Handle an error of a database call; True if it is one to wait out (the connection
-        is gone, or a timeout or lock), False if the database refused what was asked."""
-        if isinstance(exc, psycopg.Error) and self._db.broken():
-            self._lost_connection()
-            return True
-        self._writes_due = time.monotonic() + WRITE_RETRY
-        if isinstance(exc, psycopg.OperationalError):  # a timeout, a lock: try again later
-            logger.warning(f"{what} did not go through; trying again", exc_info=exc)
-            return True
-        logger.error(f"{what} was refused", exc_info=exc)
-        return False
-
-    def _write_one_by_one(self) -> None:
-        """After a batch was refused: each write in its own transaction, so one bad write
-        cannot hold back the rest. A refused record is dropped (logged); a refused outcome
-        is replaced by one that says why it could not be stored, and written next time."""
-        self._writes_due = 0.0
-        known = self._ledger.known_ids()
-        while self._records:
-            try:
-                self._db.write_record(self._records[0], known)
-            except Exception as exc:
-                if self._failed("a task's record", exc):
-                    return
-            del self._records[0]
-        for attempt in self._ledger.pids_to_write():
-            try:
-                self._db.write_pid(attempt)
-            except Exception as exc:
-                if self._failed("a task's pid", exc):
-                    return
-            attempt.pid_written = True
-        for attempt in self._ledger.pending_finals():
-            try:
-                self._db.write_final(attempt)
-            except Exception as exc:
-                if self._failed("a task's outcome", exc):
-                    return
-                attempt.final = _unstorable(attempt, exc)  # written on the next try
-                continue
-            self._ledger.committed([attempt])
-        self._writes_due = 0.0
+            # a full batch: more may be waiting
+            self._want_claim = len(step.claimed) + len(step.unreadable) == free
+            self._sup.claimed(step.claimed, step.unreadable)
 
     def _enqueue_periodic(self) -> None:
         """Queue what periodic tasks are due; look again at the next due period, or sooner:
@@ -329,7 +267,7 @@ class Worker:
         try:
             tick = self._db.enqueue_periodic(self.clock() if self.clock else None)
         except Exception as exc:
-            self._failed("queueing periodic tasks", exc)
+            self._db.failed("queueing periodic tasks", exc)
             self._next_periodic = time.monotonic() + recheck
             return
         if tick.queued:
@@ -348,7 +286,7 @@ class Worker:
         try:
             requested = self._db.cancel_requested(list(by_task))
         except Exception as exc:
-            self._failed("the look at cancel requests", exc)
+            self._db.failed("the look at cancel requests", exc)
             return
         for task_id, requested_by in requested:
             self._sup.cancel(by_task[task_id], requested_by)
@@ -371,7 +309,7 @@ class Worker:
             if self.retention is not None:  # one bounded batch per heartbeat
                 self._db.purge(self.retention, TERMINAL, RETENTION_BATCH)
         except Exception as exc:
-            self._failed("the heartbeat", exc)
+            self._db.failed("the heartbeat", exc)
 
     def _drop_not_ours(self) -> None:
         """Attempts whose row has moved on (recovered elsewhere after our lease lapsed):
@@ -394,7 +332,7 @@ class Worker:
         try:
             notes = self._db.notifications()
         except Exception as exc:
-            self._failed("reading notifications", exc)
+            self._db.failed("reading notifications", exc)
             return
         if any(n.channel == notify.QUEUED for n in notes):
             self._want_claim = True
@@ -410,43 +348,18 @@ class Worker:
         except BlockingIOError:
             pass
 
-    def _lost_connection(self) -> None:
-        self._db.disconnect()
-        self._next_connect = 0.0
-        self._connect_delay = 0.1
-
     def _try_connect(self) -> None:
         """Reconnect; then make sure the old backend is gone, give back any claim we do not
         hold, and rescan, so nothing that happened meanwhile is missed."""
-        try:
-            self._db.connect()
-        except DatabaseUnavailable:
-            logger.warning("database unavailable; retrying", extra={"delay": self._connect_delay})
-            self._next_connect = time.monotonic() + self._connect_delay
-            self._connect_delay = min(self._connect_delay * 2, 5.0)
-            return
-        except psycopg.Error:
-            self._next_connect = time.monotonic() + self._connect_delay
+        if not self._db.reconnect():
             return
         self._want_claim = True
-        self._next_heartbeat = self._next_cancel_check = self._writes_due = 0.0
+        self._next_heartbeat = self._next_cancel_check = 0.0
         try:
             self._db.fence_old_backend()
             self._db.release_unknown(self._ledger.known_ids())
         except Exception as exc:  # the heartbeat releases them later
-            self._failed("the release after reconnecting", exc)
-
-
-def _unstorable(attempt: Attempt, exc: Exception) -> Outcome:
-    """An outcome the database can store in place of one it refused."""
-    task = attempt.task
-    reason = clean_text(str(exc).strip().splitlines()[0] if str(exc).strip()
-                        else type(exc).__name__)
-    final = attempt.final
-    code = final.exit_code if isinstance(final, Outcome) else None
-    return Outcome(task.id, task.attempt, TaskStatus.FAILED, exit_code=code,
-                   error=f"the task's outcome could not be stored: {reason}",
-                   error_exit_recorded=attempt.error_exit)
+            self._db.failed("the release after reconnecting", exc)
 
 
 def _make_room_for_descriptors(concurrency: int) -> None:

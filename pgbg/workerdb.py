@@ -1,9 +1,10 @@
 """The worker's database: its connection, its notifications and the writes of its loop.
 
-``WorkerDatabase`` is the only part of the worker that runs SQL. It does not retry or
-decide: a call either returns or raises, and ``broken`` says whether the connection is
-gone (the worker then reconnects in its own loop, keeping everything it still has to
-write) or the database refused that one write (the worker then writes item by item).
+``WorkerDatabase`` is the only part of the worker that runs SQL, and the only one that
+judges database errors (``failed``): a lost connection is dropped (the worker reconnects
+in its own loop, with ``reconnect``'s backoff, keeping all it still has to write); a
+timeout or a lock is waited out (``retry_at``); a refused batch is written item by item,
+so one bad write cannot hold back the others.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import selectors
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,12 +23,19 @@ from typing import Any
 import psycopg
 
 from pgbg import db, notify, periodic, queries
-from pgbg.attempts import Attempt, Retry
-from pgbg.models import BackgroundTask
+from pgbg.attempts import Attempt, Ledger, Retry
+from pgbg.exceptions import DatabaseUnavailable
+from pgbg.models import BackgroundTask, TaskStatus
 from pgbg.queries import Outcome, Step
+from pgbg.storable import clean_text
 
 logger = logging.getLogger(__name__)
 FENCE_WAIT = 5.0  # seconds a reconnect waits for the old backend to be gone
+# How long a worker's statement waits for a lock (the step and claim functions carry the
+# same, migration 0012): a table locked for longer fails the write, tried again later,
+# and the worker goes on renewing its lease rather than hang until it lapses.
+LOCK_TIMEOUT = "5s"
+WRITE_RETRY = 1.0  # seconds before writes the database refused or timed out are tried again
 
 
 # -- what a task records as it runs, written before its outcome ------------------------
@@ -80,6 +88,9 @@ class WorkerDatabase:
         self._fd = -1  # as registered with the selector (a broken connection cannot say)
         self._backend_pid: int | None = None  # only on a direct connection (no pooler)
         self._old_backend: int | None = None  # the one a reconnect must outlive
+        self.retry_at = 0.0  # after a refused or timed-out write: not before this
+        self.next_connect = 0.0  # while disconnected: the next try
+        self._connect_delay = 0.1
 
     @property
     def connected(self) -> bool:
@@ -111,6 +122,35 @@ class WorkerDatabase:
         self._conn, self._inbox = conn, notify.Inbox(conn)
         self._fd = conn.fileno()
         self._selector.register(self._fd, selectors.EVENT_READ, "db")
+
+    def reconnect(self) -> bool:
+        """One try, with backoff between tries; True once connected."""
+        try:
+            self.connect()
+        except DatabaseUnavailable:
+            logger.warning("database unavailable; retrying", extra={"delay": self._connect_delay})
+        except psycopg.Error:
+            logger.warning("could not set up a new connection; retrying", exc_info=True)
+        else:
+            self._connect_delay, self.retry_at = 0.1, 0.0
+            return True
+        self.next_connect = time.monotonic() + self._connect_delay
+        self._connect_delay = min(self._connect_delay * 2, 5.0)
+        return False
+
+    def failed(self, what: str, exc: Exception) -> bool:
+        """Judge an error of a database call; True if it is one to wait out (the connection
+        is gone, or a timeout or lock), False if the database refused what was asked."""
+        if isinstance(exc, psycopg.Error) and self.broken():
+            self.disconnect()
+            self.next_connect = 0.0
+            return True
+        self.retry_at = time.monotonic() + WRITE_RETRY
+        if isinstance(exc, psycopg.OperationalError):  # a timeout, a lock: try again later
+            logger.warning(f"{what} did not go through; trying again", exc_info=exc)
+            return True
+        logger.error(f"{what} was refused", exc_info=exc)
+        return False
 
     def disconnect(self) -> None:
         """Drop a connection that failed; its backend is the one the next connection must
@@ -150,6 +190,58 @@ class WorkerDatabase:
 
     # -- the loop's writes ---------------------------------------------------------------
 
+    def write(self, records: list[Record], finals: Sequence[Attempt],
+              pids: Sequence[Attempt], max_claim: int, ledger: Ledger) -> Step | None:
+        """One ``step``: what is written leaves ``records`` and is marked so in ``ledger``.
+        None if it failed: then nothing was committed (tried again later), or the database
+        refused the batch and it was written item by item, without the claim."""
+        batch, known = list(records), ledger.known_ids()
+        try:
+            step = self.step(batch, finals, pids, max_claim, known)
+        except Exception as exc:  # no error may end the worker's loop
+            if not self.failed("a batch of writes", exc):
+                self.write_one_by_one(records, ledger)
+            return None
+        del records[:len(batch)]
+        for attempt in pids:
+            attempt.pid_written = True
+        ledger.committed(list(finals))
+        for task_id in step.unwritten:
+            logger.warning("outcome not written: the task is no longer ours",
+                           extra={"task_id": str(task_id)})
+        return step
+
+    def write_one_by_one(self, records: list[Record], ledger: Ledger) -> None:
+        """After a batch was refused: each write in its own transaction. A refused record is
+        dropped (logged); a refused outcome is replaced by one that says why it could not
+        be stored, written on the next try."""
+        self.retry_at, known = 0.0, ledger.known_ids()
+        while records:
+            try:
+                with self.bounded():
+                    self.write_record(records[0], known)
+            except Exception as exc:
+                if self.failed("a task's record", exc):
+                    return
+            del records[0]
+        for attempt in ledger.pids_to_write():
+            try:
+                self.write_pid(attempt)
+            except Exception as exc:
+                if self.failed("a task's pid", exc):
+                    return
+            attempt.pid_written = True
+        for attempt in ledger.pending_finals():
+            try:
+                self.write_final(attempt)
+            except Exception as exc:
+                if self.failed("a task's outcome", exc):
+                    return
+                attempt.final = _unstorable(attempt, exc)  # written on the next try
+                continue
+            ledger.committed([attempt])
+        self.retry_at = 0.0
+
     def step(self, records: Sequence[Record], finals: Sequence[Attempt],
              pids: Sequence[Attempt], max_claim: int, known: Sequence[uuid.UUID]) -> Step:
         """Everything in one transaction: what tasks recorded, then retries, then pids,
@@ -160,7 +252,7 @@ class WorkerDatabase:
         # an outcome carries its pid if that is not written yet: one row version
         pids = [*pids, *(a for a in finals if isinstance(a.final, Outcome)
                          and a.pid is not None and not a.pid_written)]
-        with conn.transaction() if (records or retries) else contextlib.nullcontext():
+        with self.bounded() if (records or retries) else contextlib.nullcontext():
             for record in records:
                 self.write_record(record, known)
             fenced = [retry.task.id for retry in retries
@@ -194,8 +286,18 @@ class WorkerDatabase:
         with self.conn.transaction():
             self.step([], [], [attempt], 0, [])
 
+    @contextlib.contextmanager
+    def bounded(self) -> Iterator[None]:
+        """A transaction whose statements wait at most LOCK_TIMEOUT for a lock (SET LOCAL:
+        nothing lingers on the connection, so a pooler may hand it to anyone after)."""
+        with self.conn.transaction():
+            self.conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            yield
+
     def release_unknown(self, known: Sequence[uuid.UUID]) -> None:
-        for task_id in queries.task_release_unstarted(self.conn, self.worker_id, known):
+        with self.bounded():
+            released = queries.task_release_unstarted(self.conn, self.worker_id, known)
+        for task_id in released:
             logger.warning("re-queued a task this worker had claimed but never started",
                            extra={"task_id": str(task_id)})
 
@@ -215,12 +317,15 @@ class WorkerDatabase:
                                        [(a.task.id, a.task.attempt) for a in attempts])
 
     def recover_lost(self, lease: float) -> None:
-        for task_id, status in queries.task_recover_lost(self.conn, lease):
+        with self.bounded():
+            recovered = queries.task_recover_lost(self.conn, lease)
+        for task_id, status in recovered:
             logger.warning("recovered a task lost with its worker",
                            extra={"task_id": str(task_id), "status": status.value})
 
     def purge(self, retention: float, statuses: Sequence[str], batch: int) -> None:
-        queries.task_purge_batch(self.conn, retention, statuses, batch)
+        with self.bounded():
+            queries.task_purge_batch(self.conn, retention, statuses, batch)
 
     def cancel_requested(self, ids: Sequence[uuid.UUID]) -> list[tuple[uuid.UUID, str]]:
         return queries.task_list_cancel_requested(self.conn, self.worker_id, ids)
@@ -233,3 +338,16 @@ class WorkerDatabase:
 
     def enqueue_periodic(self, now: datetime | None) -> periodic.Tick:
         return periodic.enqueue_due(self.conn, now)
+
+
+def _unstorable(attempt: Attempt, exc: Exception) -> Outcome:
+    """An outcome the database can store in place of one it refused."""
+    task = attempt.task
+    reason = clean_text(str(exc).strip().splitlines()[0] if str(exc).strip()
+                        else type(exc).__name__)
+    final = attempt.final
+    code = final.exit_code if isinstance(final, Outcome) else None
+    return Outcome(task.id, task.attempt, TaskStatus.FAILED, exit_code=code,
+                   error=f"the task's outcome could not be stored: {reason}",
+                   error_exit_recorded=attempt.error_exit)
+

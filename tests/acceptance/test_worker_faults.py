@@ -3,6 +3,11 @@ waits on a lock, a task recovered from under it, rows that collide when put back
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +15,7 @@ from typing import Any
 
 import pgbg_test_tasks as tasks
 import psycopg
-from conftest import Driver, TcpProxy, WorkerProcess, wait_for
+from conftest import Driver, TcpProxy, WorkerProcess, wait_for, worker_env
 
 import pgbg
 from pgbg import queries
@@ -191,3 +196,47 @@ def test_a_claim_left_running_on_a_dropped_connection_never_commits(
     finally:
         conn.execute("SELECT pg_advisory_unlock_all()")
         worker.stop()
+
+
+def test_a_table_locked_longer_than_a_lock_wait_kills_no_healthy_task(
+        worker_process: Callable[..., WorkerProcess], database_url: str, tmp_path: Path) -> None:
+    """The task table locked past the worker's lock wait (5 s) but within its lease: the
+    worker's writes fail and are tried again, its heartbeat goes on, its task lives."""
+    release = tmp_path / "release"
+    result = pgbg.run_in_background(tasks.block_until, "t", str(release))
+    worker_process(2, "--heartbeat-interval", "1", "--lease", "15", "--poll-interval", "0.2")
+    pid = wait_for(lambda: pgbg.get_task(result).pid, timeout=60, message="the task to start")
+    with psycopg.connect(database_url) as locker:
+        locker.execute("LOCK TABLE pgbg.task IN EXCLUSIVE MODE")  # reads pass, writes wait
+        time.sleep(9)  # the fault itself: a lock held past the worker's lock wait
+        assert alive(pid), "a healthy task was killed while the table was locked"
+        locker.rollback()
+    release.touch()
+    task = pgbg.wait_task(result, timeout=60)
+    assert (task.status, task.result) == (pgbg.TaskStatus.SUCCEEDED, "released")
+
+
+def test_stopping_the_workers_process_group_does_not_stop_its_watchdog(
+        database_url: str, tmp_path: Path) -> None:
+    """Ctrl-Z (or kill -STOP -pgid) stops the worker's process group: the fork server, which
+    kills the tasks if the lease lapses, is not in it."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pgbg", "worker", "--concurrency", "1"],
+        env=worker_env(database_url), stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children")
+        server = int(wait_for(lambda: children.read_text().split(), timeout=60)[0])
+        assert os.getpgid(server) != os.getpgid(worker.pid)
+        os.killpg(worker.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: _state(worker.pid) == "T", message="the worker to stop")
+            assert _state(server) != "T"
+        finally:
+            os.killpg(worker.pid, signal.SIGCONT)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
