@@ -4,8 +4,10 @@
   failed inside an index insert — at enqueue, or at the claim that indexes a running task
   — so one row could stop every claim. ``run_at`` is finite and within years 1 to 9999:
   ``-infinity`` or a year BC, put there by SQL, could not be read by the worker that
-  claimed it. CHECK constraints say so (NOT VALID: finished rows from before are left as
-  they are); queued rows that break them are failed first, saying why.
+  claimed it. CHECK constraints say so. Rows from before are repaired first, so the
+  migration never fails on old data: a queued row that breaks them is failed, saying
+  why; a finished one loses what no longer matters (its unique_key, its run_at) and a
+  task type longer than allowed is cut to 63 characters.
 - The worker's step and claim wait at most 5 s for a lock (``lock_timeout`` set on the
   functions, so it holds behind a transaction-pooling PgBouncer too): a table locked for
   longer (a migration, an administrator) makes the step fail and be tried again, while
@@ -35,16 +37,26 @@ LOCK_TIMEOUT = "5s"
 
 
 def upgrade() -> None:
+    op.execute("LOCK TABLE pgbg.task, pgbg.periodic IN ACCESS EXCLUSIVE MODE")
     broken = " OR ".join(f"NOT ({check})" for check in CHECKS.values())
     op.execute(f"""UPDATE pgbg.task
-                      SET status = 'failed', finished_at = clock_timestamp(), run_at = NULL,
+                      SET status = 'failed', finished_at = clock_timestamp(),
                           error = 'cannot run: its task_type, unique_key or run_at cannot '
                                   'be stored or read; failed by migration 0012'
                     WHERE status = 'queued' AND ({broken})""")
+    op.execute(f"""UPDATE pgbg.task
+                      SET run_at = CASE WHEN {CHECKS['run_at_readable']} THEN run_at END,
+                          unique_key = CASE WHEN {CHECKS['unique_key_length']}
+                                            THEN unique_key END,
+                          task_type = CASE WHEN {CHECKS['task_type_length']} THEN task_type
+                                           ELSE left(task_type, 63) END
+                    WHERE {broken}""")
+    op.execute("""UPDATE pgbg.periodic SET task_type = left(task_type, 63), enabled = false
+                   WHERE octet_length(task_type) > 255""")
     for name, check in CHECKS.items():
-        op.execute(f"ALTER TABLE pgbg.task ADD CONSTRAINT task_{name} CHECK ({check}) NOT VALID")
+        op.execute(f"ALTER TABLE pgbg.task ADD CONSTRAINT task_{name} CHECK ({check})")
     op.execute("""ALTER TABLE pgbg.periodic ADD CONSTRAINT periodic_task_type_length
-                  CHECK (octet_length(task_type) <= 255) NOT VALID""")
+                  CHECK (octet_length(task_type) <= 255)""")
     for function in FUNCTIONS:
         op.execute(f"ALTER FUNCTION {function} SET lock_timeout = '{LOCK_TIMEOUT}'")
 

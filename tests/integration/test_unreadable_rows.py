@@ -9,9 +9,11 @@ from typing import Any
 import pgbg_test_tasks as tasks
 import psycopg
 import pytest
+from alembic import command
 from conftest import Driver
 
 import pgbg
+from pgbg import migrate
 from pgbg.exceptions import OptionOutOfRange
 
 
@@ -47,3 +49,26 @@ def test_enqueue_refuses_a_run_at_outside_the_readable_years(
     with pytest.raises(OptionOutOfRange, match="run_at"):
         pgbg.enqueue(tasks.add, (1, 1), task_type="t", run_at=run_at)
     assert conn.execute("SELECT count(*) FROM pgbg.task").fetchone() == (0,)
+
+
+def test_migration_0012_repairs_old_rows_and_never_fails_on_them(
+        make_worker: Callable[..., Driver], database_url: str,
+        conn: psycopg.Connection[Any]) -> None:
+    config = migrate._config(database_url)
+    command.downgrade(config, "0011")
+    long_type = "é" * 200  # 400 bytes
+    queued, finished = (conn.execute(
+        """INSERT INTO pgbg.task (id, task_type, func, status, run_at, unique_key, finished_at)
+           VALUES (gen_random_uuid(), %s, 'm:f', %s, '-infinity', %s,
+                   CASE WHEN %s = 'succeeded' THEN now() END) RETURNING id""",
+        (long_type, status, "k" * 2000, status)).fetchone()[0]  # type: ignore[index]
+        for status in ("queued", "succeeded"))
+    command.upgrade(config, "head")
+    failed = pgbg.get_task(queued)
+    assert failed.status is pgbg.TaskStatus.FAILED and "migration 0012" in (failed.error or "")
+    old = pgbg.get_task(finished)
+    assert (old.status, old.run_at, old.unique_key, old.task_type) == (
+        pgbg.TaskStatus.SUCCEEDED, None, None, "é" * 63)
+    ordinary = pgbg.run_in_background(tasks.add, "t", 2, 2)
+    make_worker(1).until_done(ordinary)
+    assert ordinary.get(timeout=5) == 4
