@@ -173,14 +173,15 @@ def prepare_enabled() -> bool:
 
 
 def connect(url: str | None = None, *, autocommit: bool = True,
-            application_name: str = "pgbg") -> psycopg.Connection[Any]:
+            application_name: str = "pgbg",
+            prepare: bool | None = None) -> psycopg.Connection[Any]:
     """A new connection; failures become ``DatabaseUnavailable`` naming the masked URL.
 
     It holds no session state a transaction-pooling PgBouncer could lose: statements are
-    prepared only while ``prepare_enabled()``, and nothing is SET. Its transactions start
-    with ``BEGIN ISOLATION LEVEL READ COMMITTED`` whatever the server's default (pgbg's
-    claim is correct only there); autocommit statements that need it go through
-    ``read_committed``.
+    prepared only while ``prepare_enabled()`` (or as ``prepare`` says), and nothing is SET.
+    Its transactions start with ``BEGIN ISOLATION LEVEL READ COMMITTED`` whatever the
+    server's default (pgbg's claim is correct only there); autocommit statements that need
+    it go through ``read_committed``.
     """
     target = url or database_url()
     try:
@@ -189,7 +190,8 @@ def connect(url: str | None = None, *, autocommit: bool = True,
         conn = psycopg.connect(target, autocommit=autocommit, connect_timeout=10,
                                application_name=versioned_name(application_name),
                                # 5: psycopg's own default; None: never prepare
-                               prepare_threshold=5 if prepare_enabled() else None,
+                               prepare_threshold=5 if (prepare_enabled() if prepare is None
+                                                       else prepare) else None,
                                **keepalive)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__

@@ -110,7 +110,9 @@ class WorkerDatabase:
         """Connect (``DatabaseUnavailable`` if it cannot), LISTEN, and remember which backend
         serves us — only where ``pg_backend_pid()`` agrees with the protocol's, i.e. no
         pooler in between that could hand that backend to somebody else."""
-        conn = db.connect(application_name=self.application_name)
+        # a worker told not to LISTEN may sit behind a transaction-pooling PgBouncer
+        conn = db.connect(application_name=self.application_name,
+                          prepare=None if self.listen else False)
         try:
             if self.listen:
                 notify.listen(conn, notify.QUEUED, notify.CANCEL, notify.PERIODIC)

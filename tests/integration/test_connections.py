@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pgbg_test_tasks as tasks
@@ -204,3 +204,14 @@ def test_terminate_and_retry_under_repeatable_read(repeatable_read: str, make_wo
     assert pgbg.get_task(blocked).status is pgbg.TaskStatus.TERMINATED
     assert (pgbg.get_task(retried).status, pgbg.get_task(retried).attempt) == (
         pgbg.TaskStatus.SUCCEEDED, 2)
+
+
+def test_a_worker_told_not_to_listen_prepares_nothing(
+        make_worker: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Worker(listen=False)`` from the library, the process otherwise listening: its own
+    connection must still be fit for a transaction-pooling PgBouncer."""
+    monkeypatch.delenv("PGBG_NO_LISTEN", raising=False)
+    monkeypatch.delenv("PGBG_PREPARE", raising=False)
+    driver = make_worker(1, listen=False)
+    driver.worker.start()
+    assert driver.worker._db.conn.prepare_threshold is None
