@@ -240,3 +240,45 @@ def test_stopping_the_workers_process_group_does_not_stop_its_watchdog(
 
 def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+POISON = """
+CREATE FUNCTION public.refuse_poison_link() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.key LIKE '%poison%' THEN
+        RAISE EXCEPTION 'no poison in links';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE FUNCTION public.refuse_poison_result() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.result::text LIKE '%poison%' THEN
+        RAISE EXCEPTION 'no poison in results';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE INSERT ON pgbg.task_link
+    FOR EACH ROW EXECUTE FUNCTION public.refuse_poison_link();
+CREATE TRIGGER refuse_poison BEFORE UPDATE ON pgbg.task
+    FOR EACH ROW EXECUTE FUNCTION public.refuse_poison_result();
+"""
+
+
+def test_a_write_the_database_refuses_holds_back_no_other_write(
+        make_worker: Callable[..., Driver], conn: psycopg.Connection[Any]) -> None:
+    """In one batch: a link and a result the database refuses (a trigger), beside
+    other tasks' outcomes. The others are written; the refused record is dropped; the
+    refused outcome is replaced by one saying why; every task ends."""
+    conn.execute(POISON)
+    logs_poison = pgbg.run_in_background(tasks.record_things, "t", "study", "poison")
+    returns_poison = pgbg.run_in_background(tasks.echo, "t", "poison")
+    ordinary = [pgbg.run_in_background(tasks.add, "t", i, 1) for i in range(4)]
+    driver = make_worker(3)
+    driver.until_done(logs_poison, returns_poison, *ordinary)
+    assert [r.get(timeout=5) for r in ordinary] == [1, 2, 3, 4]
+    assert pgbg.get_task(logs_poison).status is pgbg.TaskStatus.SUCCEEDED
+    assert pgbg.get_task(logs_poison).info == "step 2 of 2"  # its other records went in
+    refused = pgbg.get_task(returns_poison)
+    assert refused.status is pgbg.TaskStatus.FAILED
+    assert refused.error is not None and "outcome could not be stored" in refused.error
+    assert "no poison in results" in refused.error
