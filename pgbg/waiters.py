@@ -273,6 +273,7 @@ class Dispatcher:
             conn.close()
             self.unavailable = True
             return False
+        self.unavailable = False
         with self.lock:
             self.conn = conn
             self.waits.read_all(time.monotonic())
