@@ -203,7 +203,7 @@ class Dispatcher:
                 self.thread = threading.Thread(target=self._run, name="pgbg-waiters",
                                                daemon=True)
                 self.thread.start()
-        self._poke()
+            self._poke()  # under the lock: ``stop`` closes the pipe under it
         return waiter
 
     def discard(self, waiter: Waiter) -> None:
@@ -216,11 +216,15 @@ class Dispatcher:
             self.stopping = True
             thread = self.thread
             self.waits.stop_all()
-        self._poke()
+            self._poke()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self.lock:
+            if self._wake_w < 0:
+                return
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_w = -1  # a late poke writes nowhere, not to a reused descriptor
 
     def abandon(self) -> None:
         """In a forked child: the parent's; keep its connection, never use or close it."""
@@ -234,6 +238,8 @@ class Dispatcher:
                 pass
 
     def _poke(self) -> None:
+        if self._wake_w < 0:
+            return
         try:
             os.write(self._wake_w, b"x")
         except OSError:  # full (already poked) or closed (stopped)
