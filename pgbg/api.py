@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import psycopg
 
-from pgbg import db, notify, queries, storable
+from pgbg import db, queries, storable, waiters
 from pgbg.decisions import MAX_BACKOFF
 from pgbg.exceptions import (
     DatabaseUnavailable,
@@ -50,8 +50,8 @@ MAX_TASK_TYPE, MAX_UNIQUE_KEY = 255, 1024
 MAX_ATTEMPTS = 1000  # max_attempts is 1..MAX_ATTEMPTS
 MAX_DELAY = 100 * 365.25 * 86400.0  # delay= (seconds): a century, well inside timestamptz
 
-WAIT_POLL_INTERVAL = 5.0  # the fallback when a completion NOTIFY is missed
-POLL_ONLY_INTERVAL = 0.2  # how often wait_task looks at the row when it may not LISTEN
+WAIT_POLL_INTERVAL = waiters.WAIT_POLL_INTERVAL  # kept for callers; set it in pgbg.waiters
+POLL_ONLY_INTERVAL = waiters.POLL_ONLY_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -545,47 +545,14 @@ def get_task(task: object) -> BackgroundTask:
 def wait_task(task: object, timeout: float | None = None) -> BackgroundTask:
     """Block until the task is complete and return its row; ``TimeoutError`` on timeout.
 
-    Woken by the completion NOTIFY; re-reads the row every few seconds as well, so a
-    missed notification or a reconnect costs latency only.
+    Every waiter of the process shares one connection (``pgbg/waiters.py``): woken by the
+    completion NOTIFY, with every row re-read every few seconds and after a reconnect, so
+    a missed notification or a lost connection costs latency only. Through a database
+    restart it waits on, until its timeout.
     """
     tid = task_id(task)
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        try:
-            return _wait_on_connection(tid, deadline)
-        except (psycopg.OperationalError, DatabaseUnavailable):
-            _sleep_until_retry(deadline, tid)  # then reconnect, re-LISTEN and look again
-
-
-def _wait_on_connection(tid: uuid.UUID, deadline: float | None) -> BackgroundTask:
-    listen = db.listen_enabled()
-    with db.waiting_connection() as conn:
-        if listen:
-            notify.listen(conn, notify.DONE)  # listen first, then look: nothing slips between
-        while True:
-            row = queries.task_get(conn, tid)
-            if row is None:
-                raise TaskNotFound(f"no task with id {tid}")
-            if row.status.is_terminal:
-                return row
-            remaining = WAIT_POLL_INTERVAL if listen else POLL_ONLY_INTERVAL
-            if deadline is not None:
-                remaining = min(remaining, deadline - time.monotonic())
-                if remaining <= 0:
-                    raise TimeoutError(f"task {tid} did not complete in time "
-                                       f"(status: {row.status.value})")
-            if not listen:
-                time.sleep(remaining)  # poll-only mode: the row is the only signal
-                continue
-            for note in conn.notifies(timeout=remaining):
-                if note.payload == str(tid):
-                    break
-
-
-def _sleep_until_retry(deadline: float | None, tid: uuid.UUID) -> None:
-    if deadline is not None and time.monotonic() >= deadline:
-        raise TimeoutError(f"task {tid} did not complete in time (database unreachable)")
-    time.sleep(0.5)  # backoff before reconnecting, not synchronisation
+    return waiters.wait(tid, deadline)
 
 
 def get_queued_tasks(task_type: str | None = None) -> list[QueuedTask]:

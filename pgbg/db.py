@@ -36,10 +36,7 @@ _lock = threading.Lock()
 _shared: psycopg.Connection[Any] | None = None
 _shared_pid: int | None = None
 _inherited: list[Any] = []  # connections a forked child must keep but never touch
-_idle: list[psycopg.Connection[Any]] = []  # this process's spare connections (``waiting``)
-# Its own lock: a wait must not queue behind another thread's use of the shared connection.
-_idle_lock = threading.Lock()
-MAX_IDLE = 4
+# wait_task's connection is pgbg/waiters.py's: one per process, whatever the waiters.
 try:
     VERSION = _metadata.version("pgbg")
 except _metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
@@ -74,9 +71,9 @@ def configure(url: str | None = None, *, engine: Engine | None = None,
         _explicit_url = libpq_url(url) if url else None
         _resolved_url = None
         _drop_shared()
-    with _idle_lock:
-        while _idle:  # connections to the database configured before
-            _idle.pop().close()
+    from pgbg import waiters  # imports this module
+
+    waiters.stop()  # its connection is to the database configured before
 
 
 def listen_enabled() -> bool:
@@ -246,36 +243,6 @@ def _drop_shared() -> None:
 
 
 @contextmanager
-def waiting_connection() -> Iterator[psycopg.Connection[Any]]:
-    """A connection of this process's own, for one user at a time (``wait_task``): one
-    left idle by an earlier user, else a new one. Given back after ``UNLISTEN *`` (an
-    idle connection must not collect notifications nobody reads: the server's queue
-    would grow behind it), closed instead if it broke or is one too many."""
-    with _idle_lock:
-        conn = _idle.pop() if _idle else None
-    conn = conn or connect()
-    try:
-        yield conn
-    finally:
-        _give_back(conn)
-
-
-def _give_back(conn: psycopg.Connection[Any]) -> None:
-    healthy = not conn.closed and not conn.broken and (
-        conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
-    if healthy and listen_enabled():  # poll-only: nothing was listened to
-        try:
-            conn.execute("UNLISTEN *")
-        except psycopg.Error:
-            healthy = False
-    with _idle_lock:
-        if healthy and len(_idle) < MAX_IDLE:
-            _idle.append(conn)
-            return
-    conn.close()
-
-
-@contextmanager
 def shared_connection() -> Iterator[psycopg.Connection[Any]]:
     """This process's cached autocommit connection (reopened if it broke), one user at a time."""
     global _shared, _shared_pid
@@ -296,13 +263,11 @@ def shared_connection() -> Iterator[psycopg.Connection[Any]]:
 
 
 def _after_fork_in_child() -> None:
-    global _shared, _shared_pid, _lock, _idle_lock
-    _lock, _idle_lock = threading.Lock(), threading.Lock()
+    global _shared, _shared_pid, _lock
+    _lock = threading.Lock()
     if _shared is not None:
         _inherited.append(_shared)
     _shared, _shared_pid = None, None
-    _inherited.extend(_idle)
-    _idle.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

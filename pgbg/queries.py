@@ -672,3 +672,21 @@ def task_count_queued(conn: psycopg.Connection[Any]) -> dict[str, int]:
         "SELECT task_type, count(*) FROM pgbg.task WHERE status = 'queued' GROUP BY 1 ORDER BY 1"
     ).fetchall()
     return {task_type: count for task_type, count in rows}
+
+
+# -- waiting (pgbg/waiters.py: one statement for every waiter of a process) -----------
+
+def task_status_many(conn: psycopg.Connection[Any],
+                     task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TaskStatus]:
+    """The status of each of ``task_ids`` that exists."""
+    rows = conn.execute("SELECT id, status::text FROM pgbg.task WHERE id = ANY(%s)",
+                        (list(task_ids),)).fetchall()
+    return {row[0]: TaskStatus(row[1]) for row in rows}
+
+
+def task_get_many(conn: psycopg.Connection[Any],
+                  task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, BackgroundTask]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute("SELECT * FROM pgbg.task WHERE id = ANY(%s)",
+                           (list(task_ids),)).fetchall()
+    return {row["id"]: _task(row) for row in rows}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -74,49 +73,6 @@ def test_a_wait_does_not_queue_behind_the_shared_connection(database_url: str) -
     with db.shared_connection():
         with pytest.raises(TimeoutError):
             pgbg.wait_task(result, timeout=0.05)
-
-
-def test_wait_task_reuses_a_connection_that_listens_only_while_waiting(
-        database_url: str, conn: psycopg.Connection[Any]) -> None:
-    from pgbg import db, notify
-
-    result = pgbg.run_in_background(tasks.add, "t", 1, 1)
-    backends = set()
-    for _ in range(3):
-        with pytest.raises(TimeoutError):
-            pgbg.wait_task(result, timeout=0.05)
-        with db.waiting_connection() as waiting:  # the one wait_task gave back
-            backends.add(waiting.info.backend_pid)
-            # given back not listening: no notification piles up behind an idle connection
-            assert waiting.execute("SELECT pg_listening_channels()").fetchall() == []
-    assert len(backends) == 1
-    backend = backends.pop()
-
-    def announce_once_waited_on() -> None:  # as a worker would, once wait_task listens
-        wait_for(lambda: conn.execute(
-            "SELECT state = 'idle' AND query LIKE 'SELECT * FROM pgbg.task %%' "
-            "FROM pg_stat_activity "
-            "WHERE pid = %s", (backend,)).fetchone() == (True,))
-        with conn.transaction():
-            conn.execute("UPDATE pgbg.task SET status = 'succeeded', attempt = 1, "
-                         "started_at = now(), finished_at = now(), result = '2' "
-                         "WHERE id = %s", (result.id,))
-            conn.execute("SELECT pg_notify(%s, %s)", (notify.DONE, str(result.id)))
-
-    announcer = threading.Thread(target=announce_once_waited_on)
-    announcer.start()
-    assert pgbg.wait_task(result, timeout=30).status is pgbg.TaskStatus.SUCCEEDED
-    announcer.join()
-    with db.waiting_connection() as waiting:  # woken, it stopped listening as it read
-        assert waiting.info.backend_pid == backend
-        assert waiting.execute("SELECT pg_listening_channels()").fetchall() == []
-    # a connection that broke is not handed out again
-    conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
-    with pytest.raises(TimeoutError):
-        pgbg.wait_task(pgbg.run_in_background(tasks.add, "t", 2, 2), timeout=0.05)
-    with db.waiting_connection() as waiting:
-        assert waiting.info.backend_pid != backend
-        assert waiting.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_get_queued_tasks_in_claim_order_with_reasons(conn: psycopg.Connection[Any]) -> None:

@@ -32,8 +32,12 @@ def test_poll_only_connections_prepare_nothing(database_url: str) -> None:
         assert conn.prepare_threshold is None
     with db.shared_connection() as conn:
         assert conn.prepare_threshold is None
-    with db.waiting_connection() as conn:
-        assert conn.prepare_threshold is None
+    with pytest.raises(pgbg.TaskNotFound):
+        pgbg.wait_task(uuid.uuid4(), timeout=5)  # starts the waiters' connection
+    from pgbg import waiters
+
+    assert waiters._current is not None and waiters._current.conn is not None
+    assert waiters._current.conn.prepare_threshold is None
 
 
 def test_pgbg_prepare_0_turns_preparing_off(database_url: str,
