@@ -25,6 +25,14 @@ task pipe's write end, the report and output pipes' read ends, a pidfd — and
 ``{"ev": "exited", "pid", "status"}`` (the wait status) for every child reaped. End of file
 (the worker is gone) kills every child and ends the server. ``Client`` is the worker's
 end, ``Spare`` a child as the worker holds it.
+
+The group watcher: a process forked once at start, before anything else, that outlives
+a fork server dying with its worker (it has no parent-death signal, and ignores SIGINT
+and SIGTERM). Told over a pipe the pid of each child given a task, and of each one about
+to be reaped (before, so a pid it holds cannot have been reused), it kills the process
+group of every pid still held at end of file, then exits: a task stuck in a C call that
+never returns to Python, where the child's own PARENT_DIED handler cannot run, dies with
+all it started instead of running beside its recovered attempt.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 from collections import deque
@@ -58,6 +67,7 @@ MAX_REPORT = child.MAX_REPORT  # bytes of one report line (a result included); l
 REPORT_READ = 1 << 20  # bytes of reports read per call: the loop attends to others between
 PRELOAD_TIMEOUT = 30.0  # seconds a trial import may take before the module is never preloaded
 FD_SIZE = array.array("i").itemsize
+WATCH = struct.Struct("=i")  # to the group watcher: a pid given a task; minus it, reaped
 
 
 @dataclass
@@ -65,6 +75,7 @@ class _Forked:
     pid: int
     pidfd: int
     spare: bool = True  # not given a task, nor retired, as far as we have heard
+    watched: bool = False  # the group watcher was told of it
 
 
 @dataclass
@@ -81,6 +92,7 @@ class _Trial:
 class Server:
     sock: socket.socket
     spares: int = SPARES
+    watcher: int | None = None  # the pipe to the group watcher (-1 once it is gone)
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
     children: dict[int, _Forked] = field(default_factory=dict)  # forked, not yet reaped
     outgoing: deque[tuple[bytes, list[int]]] = field(default_factory=deque)
@@ -165,6 +177,7 @@ class Server:
             forked = self.children.get(command.get("pid", 0))
             if command["op"] == "used" and forked is not None:
                 forked.spare = False
+                forked.watched = self.watch(forked.pid)
             elif command["op"] == "signal" and forked is not None and not forked.spare:
                 _kill(forked.pid, command["sig"])
             elif command["op"] == "lease":
@@ -288,11 +301,68 @@ class Server:
         # Exited but not reaped: its pid and group id cannot have been reused yet, so kill
         # whatever it left behind in its group, then reap it.
         _kill(forked.pid, signal.SIGKILL)
+        if forked.watched:
+            self.watch(-forked.pid)
         _pid, status = os.waitpid(forked.pid, 0)
         self.selector.unregister(forked.pidfd)
         os.close(forked.pidfd)
         del self.children[forked.pid]
         self.emit({"ev": "exited", "pid": forked.pid, "status": status})
+
+
+    def watch(self, pid: int) -> bool:
+        """Tell the group watcher (``pid`` given a task, ``-pid`` about to be reaped); False
+        if it is not there to hear. One write, atomic: far under PIPE_BUF."""
+        if self.watcher is None or self.watcher < 0:
+            return False
+        try:
+            os.write(self.watcher, WATCH.pack(pid))
+        except OSError:  # it was killed: the child's own handler is the one line left
+            logger.warning("the group watcher is gone")
+            os.close(self.watcher)
+            self.watcher = -1
+            return False
+        return True
+
+
+def start_watcher() -> int:
+    """Fork the group watcher; the write end of its pipe (close-on-exec, and closed by
+    every child, so only we hold it). It keeps only stdin, stdout, stderr and its end: not
+    the worker's socket, whose end of file must reach the worker when we die."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the watcher, which never returns
+        code = 1
+        try:
+            os.closerange(3, read_end)
+            os.closerange(read_end + 1, 1 << 20)
+            with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+                comm.write("pgbg-watcher")  # as ps shows it
+            _watch(read_end)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(read_end)
+    return write_end
+
+
+def _watch(fd: int) -> None:
+    """Hold the pids the fork server names until end of file, then kill their groups."""
+    held: set[int] = set()
+    data = b""
+    while chunk := os.read(fd, 4096):
+        data += chunk
+        whole = len(data) - len(data) % WATCH.size
+        for (pid,) in WATCH.iter_unpack(data[:whole]):
+            if pid > 0:
+                held.add(pid)
+            else:
+                held.discard(-pid)
+        data = data[whole:]
+    for pid in held:  # not reaped by the fork server: its group id is still this task's
+        _kill(pid, signal.SIGKILL)
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -590,13 +660,16 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)  # every child's stdin, inherited
     os.dup2(devnull, 0)
     os.close(devnull)
+    # First, while this process is small: it inherits the ignored SIGINT and SIGTERM and
+    # not our parent-death signal (a fork clears it), and reads end of file when we exit.
+    watcher = start_watcher()
     sock = socket.socket(fileno=sock_fd)
     setup = sock.recv(1 << 20)  # the worker's first datagram, before anything is forked
     if not setup:
         os._exit(0)  # the worker is gone already
     command = json.loads(setup)
     child.setup(command["database_url"], command["allow"])
-    Server(sock, spares).serve()
+    Server(sock, spares, watcher=watcher).serve()
 
 
 if __name__ == "__main__":

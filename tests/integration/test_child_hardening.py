@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pgbg_test_tasks as tasks
 import pytest
-from conftest import Driver, wait_for
+from conftest import Driver, WorkerProcess, wait_for
 
 import pgbg
 from pgbg.supervisor import FORKSERVER_LOST
@@ -120,3 +121,69 @@ def test_a_task_in_a_long_c_call_dies_with_its_group_when_the_fork_server_dies(
         return True
 
     driver.until(gone, timeout=30)
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie runs nothing)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _watcher_of(worker: WorkerProcess) -> tuple[int, int] | None:
+    """The fork server's pid and its group watcher's, once both run."""
+    for server in _children(worker.pid):
+        for pid in _children(server):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "pgbg-watcher":
+                    return server, pid
+    return None
+
+
+def test_a_task_in_a_long_c_call_dies_with_its_group_when_the_worker_is_killed(
+        worker_process: Callable[..., WorkerProcess], tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    result = pgbg.run_in_background("pgbg_test_hostile:sleep_in_c", "t", str(pidfile), 600)
+    worker = worker_process(1)
+    pids = [int(p) for p in wait_for(lambda: pidfile.exists() and pidfile.read_text().split(),
+                                     timeout=60, message="the task to start its grandchild")]
+    try:
+        wait_for(lambda: pgbg.get_task(result).pid == pids[0], timeout=60,
+                 message="the task to be recorded as started")
+        _server, watcher = wait_for(lambda: _watcher_of(worker), timeout=60,
+                                    message="the fork server's group watcher")
+        worker.signal(signal.SIGKILL)  # the fork server dies with it; the task is in C
+        worker.wait()
+        wait_for(lambda: not any(_alive(pid) for pid in [*pids, watcher]), timeout=30,
+                 message="the task, its grandchild and the watcher to die with the worker")
+    finally:
+        for pid in pids:  # on failure: nothing left running a second time
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_the_group_watcher_ends_with_its_fork_server(
+        worker_process: Callable[..., WorkerProcess]) -> None:
+    worker = worker_process(1)
+    assert pgbg.run_in_background(tasks.add, "t", 2, 3).get(timeout=60) == 5
+    server, watcher = wait_for(lambda: _watcher_of(worker), timeout=60,
+                               message="the fork server's group watcher")
+    worker.stop()
+    wait_for(lambda: not _alive(server) and not _alive(watcher), timeout=30,
+             message="the fork server and its watcher to exit")
