@@ -42,7 +42,6 @@ import contextlib
 import gc
 import importlib
 import json
-import logging
 import os
 import selectors
 import signal
@@ -60,7 +59,15 @@ from pgbg import child
 if TYPE_CHECKING:
     import subprocess
 
-logger = logging.getLogger(__name__)
+
+
+def _warn(message: str, **extra: object) -> None:
+    """Log a warning from the worker's side of this module. ``logging`` is imported here,
+    never at the top: the fork server must not load it, as it registers fork handlers that
+    run Python code at every fork (measured: they halve the fork server's fork rate)."""
+    import logging
+
+    logging.getLogger(__name__).warning(message, extra=extra)
 
 SPARES = 2  # children kept forked and waiting: two starts in a row wait for no fork
 MAX_REPORT = child.MAX_REPORT  # bytes of one report line (a result included); longer: dropped
@@ -318,7 +325,7 @@ class Server:
         try:
             os.write(self.watcher, WATCH.pack(pid))
         except OSError:  # it was killed: the child's own handler is the one line left
-            logger.warning("the group watcher is gone")
+            sys.stderr.write("pgbg fork server: the group watcher is gone\n")
             os.close(self.watcher)
             self.watcher = -1
             return False
@@ -448,8 +455,7 @@ class Spare:
     def _reject(self, what: str) -> None:
         self.rejected += 1
         if self.rejected <= 3:  # a flood of garbage is not a flood of log lines
-            logger.warning(what, extra={"task_id": self.task_id, "pid": self.pid,
-                                        "limit": MAX_REPORT})
+            _warn(what, task_id=self.task_id, pid=self.pid, limit=MAX_REPORT)
 
     def read_output(self, limit: int) -> list[str]:
         """What the task printed since the last call, up to ``limit`` bytes in all; the

@@ -188,3 +188,16 @@ def test_allowed_checks_module_and_qualname_syntax(func: str, expected: bool) ->
 ])
 def test_the_environment_gets_the_url_without_its_password(url: str, bare: str) -> None:
     assert db.without_password(url) == bare
+
+
+def test_the_fork_server_loads_neither_the_driver_nor_logging() -> None:
+    """What the fork server imports, every fork pays for: psycopg makes its forks slower,
+    logging registers fork handlers that run Python code at each one (half the rate)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, pgbg.forkserver; "
+             "print(sorted({'psycopg', 'logging', 'threading'} & set(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]"
