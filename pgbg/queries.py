@@ -676,17 +676,12 @@ def task_count_queued(conn: psycopg.Connection[Any]) -> dict[str, int]:
 
 # -- waiting (pgbg/waiters.py: one statement for every waiter of a process) -----------
 
-def task_status_many(conn: psycopg.Connection[Any],
-                     task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TaskStatus]:
-    """The status of each of ``task_ids`` that exists."""
-    rows = conn.execute("SELECT id, status::text FROM pgbg.task WHERE id = ANY(%s)",
-                        (list(task_ids),)).fetchall()
-    return {row[0]: TaskStatus(row[1]) for row in rows}
-
-
-def task_get_many(conn: psycopg.Connection[Any],
-                  task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, BackgroundTask]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute("SELECT * FROM pgbg.task WHERE id = ANY(%s)",
-                           (list(task_ids),)).fetchall()
-    return {row["id"]: _task(row) for row in rows}
+def task_read_many(conn: psycopg.Connection[Any], task_ids: Sequence[uuid.UUID]
+                   ) -> tuple[dict[uuid.UUID, TaskStatus], dict[uuid.UUID, BackgroundTask]]:
+    """In one round trip: the status of each of ``task_ids`` that exists, and the whole
+    row of each that has ended (the rows of those still waiting are not sent)."""
+    rows = conn.execute(
+        """SELECT id, status::text, CASE WHEN complete THEN to_jsonb(t) END
+             FROM pgbg.task t WHERE id = ANY(%s)""", (list(task_ids),)).fetchall()
+    return ({row[0]: TaskStatus(row[1]) for row in rows},
+            {row[0]: BackgroundTask.from_wire(row[2]) for row in rows if row[2] is not None})

@@ -310,10 +310,10 @@ class Dispatcher:
     def _read(self, read: Read) -> None:
         assert self.conn is not None
         try:
-            statuses = queries.task_status_many(self.conn, read.ids)
+            statuses, rows = queries.task_read_many(self.conn, read.ids)
             with self.lock:
-                ended = self.waits.found(read, statuses)
-            rows = queries.task_get_many(self.conn, ended) if ended else {}
+                ended = set(self.waits.found(read, statuses))
+            rows = {task_id: row for task_id, row in rows.items() if task_id in ended}
         except psycopg.OperationalError:
             raise  # reconnect; every id is read again after the LISTEN
         except psycopg.Error as exc:

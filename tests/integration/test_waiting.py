@@ -180,16 +180,16 @@ def test_poll_only_reads_every_waiter_in_one_statement(
 
     pgbg.configure(database_url, listen=False)
     reads: list[int] = []
-    real_status_many = queries.task_status_many
+    real_read_many = queries.task_read_many
 
     def counted(c: psycopg.Connection[Any], ids: Any) -> Any:
         reads.append(len(ids))
-        return real_status_many(c, ids)
+        return real_read_many(c, ids)
 
     def one_by_one(*args: Any) -> Any:
         raise AssertionError("a waiter read its own row")
 
-    monkeypatch.setattr(queries, "task_status_many", counted)
+    monkeypatch.setattr(queries, "task_read_many", counted)
     monkeypatch.setattr(queries, "task_get", one_by_one)
     results = [pgbg.run_in_background(tasks.add, "t", i, 1) for i in range(100)]
     waiting = Waiters(results, timeout=60)
