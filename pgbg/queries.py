@@ -44,16 +44,25 @@ SUPERSEDED = "a newer task with the same unique_key is queued: this one is not q
 
 def _back_to_queue(candidates: str) -> str:
     """CTEs ``candidates`` (the rows of the SELECT ``candidates``, locked) and ``ranked``
-    (``free``: whether each may go back to the queue): no live task holds its unique_key,
-    and of candidates sharing one, only the oldest goes back (each row alone would see
-    the others still running, and all would collide in the unique index)."""
+    (``free``: whether each may go back to the queue). Of candidates sharing a unique_key,
+    one goes back, the others end (each row alone would see the others still running, and
+    all would collide in the unique index): one with attempts left first, then the one
+    holding the key (running with unique_while_running), then the newest — and only if no
+    task outside the candidates holds the key."""
     return f"""candidates AS ({candidates}
            ), ranked AS (
                SELECT t.id, t.unique_key IS NULL OR (
-                          row_number() OVER (PARTITION BY t.unique_key
-                                             ORDER BY t.attempt >= t.max_attempts,
-                                                      t.queued_at, t.id) = 1
-                          AND NOT {KEY_TAKEN}) AS free
+                          row_number() OVER (
+                              PARTITION BY t.unique_key
+                              ORDER BY t.attempt >= t.max_attempts,
+                                       NOT (t.status = 'running' AND t.unique_running),
+                                       t.queued_at DESC, t.id) = 1
+                          AND NOT EXISTS (
+                              SELECT 1 FROM pgbg.task o
+                               WHERE o.unique_key = t.unique_key AND o.id <> t.id
+                                 AND o.id NOT IN (SELECT id FROM candidates)
+                                 AND (o.status = 'queued'
+                                      OR (o.status = 'running' AND o.unique_running)))) AS free
                  FROM pgbg.task t JOIN candidates c ON c.id = t.id
            )"""
 
@@ -169,14 +178,13 @@ class Step(NamedTuple):
     next_due: float | None  # seconds until a scheduled task falls due, if the claim fell short
 
 
+# pgbg.task is touched only inside the functions, whose lock waits are bounded (0012, 0013)
 TASK_STEP = """
 WITH step AS MATERIALIZED (SELECT kind, task FROM pgbg.task_step(%s, %s, %s, %s, %s))
 SELECT kind, task FROM step
 UNION ALL
-SELECT 'due', to_jsonb(extract(epoch FROM min(run_at) - now())::float8)
-  FROM pgbg.task
- WHERE %s > (SELECT count(*) FROM step WHERE kind = 'claimed')
-   AND status = 'queued' AND run_at IS NOT NULL AND run_at > now()
+SELECT 'due', to_jsonb(due) FROM pgbg.task_next_due() due
+ WHERE %s > (SELECT count(*) FROM step WHERE kind = 'claimed') AND due IS NOT NULL
 """
 
 

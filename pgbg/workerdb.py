@@ -148,7 +148,10 @@ class WorkerDatabase:
             self.next_connect = 0.0
             return True
         self.retry_at = time.monotonic() + WRITE_RETRY
-        if isinstance(exc, psycopg.OperationalError):  # a timeout, a lock: try again later
+        # a timeout, a lock, a full disk: try again later. Not a limit of the database
+        # (54000: an index row too big, a value too large): that write never goes in.
+        if isinstance(exc, psycopg.OperationalError) and not isinstance(
+                exc, psycopg.errors.ProgramLimitExceeded):
             logger.warning(f"{what} did not go through; trying again", exc_info=exc)
             return True
         logger.error(f"{what} was refused", exc_info=exc)
@@ -217,7 +220,7 @@ class WorkerDatabase:
         """After a batch was refused: each write in its own transaction. A refused record is
         dropped (logged); a refused outcome is replaced by one that says why it could not
         be stored, written on the next try."""
-        self.retry_at, known = 0.0, ledger.known_ids()
+        self.retry_at, known, refused = 0.0, ledger.known_ids(), False
         while records:
             try:
                 with self.bounded():
@@ -240,9 +243,11 @@ class WorkerDatabase:
                 if self.failed("a task's outcome", exc):
                     return
                 attempt.final = _unstorable(attempt, exc)  # written on the next try
+                refused = True
                 continue
             ledger.committed([attempt])
-        self.retry_at = 0.0
+        # after a refused outcome, its replacement is tried after WRITE_RETRY, not at once
+        self.retry_at = time.monotonic() + WRITE_RETRY if refused else 0.0
 
     def step(self, records: Sequence[Record], finals: Sequence[Attempt],
              pids: Sequence[Attempt], max_claim: int, known: Sequence[uuid.UUID]) -> Step:
@@ -311,12 +316,14 @@ class WorkerDatabase:
 
     def heartbeat(self) -> bool:
         """Renew the lease; False if this worker had been presumed dead."""
-        return queries.worker_heartbeat(self.conn, self.worker_id, self.hostname, os.getpid(),
-                                        self.concurrency)
+        with self.bounded():
+            return queries.worker_heartbeat(self.conn, self.worker_id, self.hostname,
+                                            os.getpid(), self.concurrency)
 
     def owned(self, attempts: Sequence[Attempt]) -> set[uuid.UUID]:
-        return queries.task_list_owned(self.conn, self.worker_id,
-                                       [(a.task.id, a.task.attempt) for a in attempts])
+        with self.bounded():
+            return queries.task_list_owned(self.conn, self.worker_id,
+                                           [(a.task.id, a.task.attempt) for a in attempts])
 
     def recover_lost(self, lease: float) -> None:
         with self.bounded():
@@ -330,7 +337,8 @@ class WorkerDatabase:
             queries.task_purge_batch(self.conn, retention, statuses, batch)
 
     def cancel_requested(self, ids: Sequence[uuid.UUID]) -> list[tuple[uuid.UUID, str]]:
-        return queries.task_list_cancel_requested(self.conn, self.worker_id, ids)
+        with self.bounded():
+            return queries.task_list_cancel_requested(self.conn, self.worker_id, ids)
 
     def notifications(self) -> list[psycopg.Notify]:
         return self._inbox.take() if self._inbox is not None else []
@@ -339,7 +347,8 @@ class WorkerDatabase:
         return self._inbox is not None and bool(self._inbox.pending)
 
     def enqueue_periodic(self, now: datetime | None) -> periodic.Tick:
-        return periodic.enqueue_due(self.conn, now)
+        with self.bounded():
+            return periodic.enqueue_due(self.conn, now)
 
 
 def _unstorable(attempt: Attempt, exc: Exception) -> Outcome:

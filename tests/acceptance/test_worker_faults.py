@@ -4,6 +4,7 @@ waits on a lock, a task recovered from under it, rows that collide when put back
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 
 import pgbg_test_tasks as tasks
 import psycopg
+import pytest
 from conftest import Driver, TcpProxy, WorkerProcess, wait_for, worker_env
 
 import pgbg
@@ -198,16 +200,19 @@ def test_a_claim_left_running_on_a_dropped_connection_never_commits(
         worker.stop()
 
 
+@pytest.mark.parametrize("mode", ["EXCLUSIVE", "ACCESS EXCLUSIVE"])
 def test_a_table_locked_longer_than_a_lock_wait_kills_no_healthy_task(
-        worker_process: Callable[..., WorkerProcess], database_url: str, tmp_path: Path) -> None:
-    """The task table locked past the worker's lock wait (5 s) but within its lease: the
-    worker's writes fail and are tried again, its heartbeat goes on, its task lives."""
+        worker_process: Callable[..., WorkerProcess], database_url: str, tmp_path: Path,
+        mode: str) -> None:
+    """The task table locked past the worker's lock wait (5 s) but within its lease — by
+    an administrator, or ALTER TABLE (ACCESS EXCLUSIVE: not even reads pass): the worker's
+    statements fail and are tried again, its heartbeat goes on, its task lives."""
     release = tmp_path / "release"
     result = pgbg.run_in_background(tasks.block_until, "t", str(release))
     worker_process(2, "--heartbeat-interval", "1", "--lease", "15", "--poll-interval", "0.2")
     pid = wait_for(lambda: pgbg.get_task(result).pid, timeout=60, message="the task to start")
     with psycopg.connect(database_url) as locker:
-        locker.execute("LOCK TABLE pgbg.task IN EXCLUSIVE MODE")  # reads pass, writes wait
+        locker.execute(f"LOCK TABLE pgbg.task IN {mode} MODE")
         time.sleep(9)  # the fault itself: a lock held past the worker's lock wait
         assert alive(pid), "a healthy task was killed while the table was locked"
         locker.rollback()
@@ -282,3 +287,14 @@ def test_a_write_the_database_refuses_holds_back_no_other_write(
     assert refused.status is pgbg.TaskStatus.FAILED
     assert refused.error is not None and "outcome could not be stored" in refused.error
     assert "no poison in results" in refused.error
+
+
+def test_a_record_past_the_databases_limits_stops_no_other_task(
+        make_worker: Callable[..., Driver]) -> None:
+    """A link key past the index row size: PostgreSQL refuses it with a 'program limit'
+    error (an OperationalError in psycopg, yet no timeout): that record is dropped, the
+    task and the others end."""
+    bad = pgbg.run_in_background(tasks.record_things, "t", "study", secrets.token_hex(6000))
+    good = pgbg.run_in_background(tasks.add, "t", 1, 2)
+    make_worker(2).until_done(bad, good)
+    assert (pgbg.get_task(bad).status, good.get(timeout=5)) == (pgbg.TaskStatus.SUCCEEDED, 3)
