@@ -22,7 +22,7 @@ from typing import Any
 import pgbg_test_tasks as tasks
 import psycopg
 import pytest
-from conftest import WorkerProcess, wait_for
+from conftest import WorkerProcess, alive, wait_for
 
 import pgbg
 from pgbg import embedded, queries
@@ -33,13 +33,6 @@ FAULTS = 16
 LEASE = ("--heartbeat-interval", "0.3", "--lease", "3", "--poll-interval", "0.5")
 LIMITS = {"lim": 2, "one": 1}  # task type -> how many may run at once
 
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def quietly(probe: Callable[[], Any], default: Any = None) -> Any:

@@ -17,21 +17,13 @@ from typing import Any
 import pgbg_test_tasks as tasks
 import psycopg
 import pytest
-from conftest import Driver, WorkerProcess, wait_for
+from conftest import Driver, WorkerProcess, alive, wait_for
 
 import pgbg
 from pgbg import db, embedded, queries
 
 FAST_LEASE = ("--heartbeat-interval", "0.2", "--lease", "1", "--poll-interval", "0.5")
 
-
-def alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie counts as gone: it runs nothing)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def pids_of(pidfile: Path) -> list[int]:

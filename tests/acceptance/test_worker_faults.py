@@ -17,7 +17,7 @@ from typing import Any
 import pgbg_test_tasks as tasks
 import psycopg
 import pytest
-from conftest import Driver, TcpProxy, WorkerProcess, wait_for, worker_env
+from conftest import Driver, TcpProxy, WorkerProcess, alive, wait_for, worker_env
 
 import pgbg
 from pgbg import queries
@@ -25,13 +25,6 @@ from pgbg import queries
 WORKER_BACKENDS = """SELECT pid FROM pg_stat_activity
                       WHERE application_name LIKE 'pgbg worker%' AND wait_event_type = 'Lock'"""
 
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def test_an_outcome_held_up_by_a_lock_survives_a_reconnect(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pgbg_test_tasks as tasks
 import pytest
-from conftest import Driver, WorkerProcess, wait_for
+from conftest import Driver, WorkerProcess, alive, wait_for
 
 import pgbg
 from pgbg.supervisor import FORKSERVER_LOST
@@ -123,14 +123,6 @@ def test_a_task_in_a_long_c_call_dies_with_its_group_when_the_fork_server_dies(
     driver.until(gone, timeout=30)
 
 
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie runs nothing)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
 
 def _children(pid: int) -> list[int]:
     found = []
@@ -170,7 +162,7 @@ def test_a_task_in_a_long_c_call_dies_with_its_group_when_the_worker_is_killed(
                                     message="the fork server's group watcher")
         worker.signal(signal.SIGKILL)  # the fork server dies with it; the task is in C
         worker.wait()
-        wait_for(lambda: not any(_alive(pid) for pid in [*pids, watcher]), timeout=30,
+        wait_for(lambda: not any(alive(pid) for pid in [*pids, watcher]), timeout=30,
                  message="the task, its grandchild and the watcher to die with the worker")
     finally:
         for pid in pids:  # on failure: nothing left running a second time
@@ -185,5 +177,5 @@ def test_the_group_watcher_ends_with_its_fork_server(
     server, watcher = wait_for(lambda: _watcher_of(worker), timeout=60,
                                message="the fork server's group watcher")
     worker.stop()
-    wait_for(lambda: not _alive(server) and not _alive(watcher), timeout=30,
+    wait_for(lambda: not alive(server) and not alive(watcher), timeout=30,
              message="the fork server and its watcher to exit")
