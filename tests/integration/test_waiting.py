@@ -106,9 +106,15 @@ def _all_waited_on(results: list[pgbg.Result]) -> Callable[[], bool]:
 
 
 def _listener() -> psycopg.Connection[Any]:
-    current = waiters._current
-    assert current is not None and current.conn is not None
-    return current.conn
+    """The dispatcher's connection, once it has one (its thread connects after the first
+    waiter registered, not before)."""
+    def connected() -> psycopg.Connection[Any] | None:
+        current = waiters._current
+        conn = current.conn if current is not None else None
+        return conn if conn is not None and not conn.broken else None
+
+    conn: psycopg.Connection[Any] = wait_for(connected, message="the dispatcher to connect")
+    return conn
 
 
 def _pgbg_threads() -> list[threading.Thread]:
