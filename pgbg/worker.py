@@ -164,7 +164,7 @@ class Worker:
         if self._stopping:
             self._sup.drop_waiting("the worker is stopping")  # another worker may start them
         self._sup.tick(now)
-        if self._db.connected:
+        if self._db.connected and now >= self._db.retry_at:  # not while a write waits out a lock
             if self._ledger.undecided() and now >= self._next_cancel_check:
                 self._check_cancel_requests()
             if not self._stopping and now >= self._next_periodic:

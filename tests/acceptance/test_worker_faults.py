@@ -202,7 +202,8 @@ def test_a_table_locked_longer_than_a_lock_wait_kills_no_healthy_task(
     statements fail and are tried again, its heartbeat goes on, its task lives."""
     release = tmp_path / "release"
     result = pgbg.run_in_background(tasks.block_until, "t", str(release))
-    worker_process(2, "--heartbeat-interval", "1", "--lease", "15", "--poll-interval", "0.2")
+    # each statement that meets the lock waits up to 5 s: a lease of 25 s leaves room
+    worker_process(2, "--heartbeat-interval", "1", "--lease", "25", "--poll-interval", "0.2")
     pid = wait_for(lambda: pgbg.get_task(result).pid, timeout=60, message="the task to start")
     with psycopg.connect(database_url) as locker:
         locker.execute(f"LOCK TABLE pgbg.task IN {mode} MODE")
