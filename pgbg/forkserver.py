@@ -106,6 +106,7 @@ class Server:
     generation: int = 0  # preloads asked for: a spare forked before the last one lacks it
     accepting: bool = True
     lease_until: float | None = None  # monotonic: kill the tasks' children then
+    lapsed: bool = False  # the lease ran out: a task given to a child from now on dies too
     trials: dict[int, _Trial] = field(default_factory=dict)  # trial imports under way
     tried: set[str] = field(default_factory=set)  # modules tried (imported here or refused)
 
@@ -131,7 +132,7 @@ class Server:
             if short and not ready:  # nothing else waits: fork one, then look again
                 self.fork_spare()
             if self.lease_until is not None and time.monotonic() >= self.lease_until:
-                self.lease_until = None
+                self.lease_until, self.lapsed = None, True
                 for forked in self.children.values():
                     if not forked.spare:
                         _kill(forked.pid, signal.SIGKILL)
@@ -185,10 +186,12 @@ class Server:
             if command["op"] == "used" and forked is not None:
                 forked.spare = False
                 forked.watched = self.watch(forked.pid)
+                if self.lapsed:  # until the lease is renewed, no task may run
+                    _kill(forked.pid, signal.SIGKILL)
             elif command["op"] == "signal" and forked is not None and not forked.spare:
                 _kill(forked.pid, command["sig"])
             elif command["op"] == "lease":
-                self.lease_until = float(command["until"])
+                self.lease_until, self.lapsed = float(command["until"]), False
             elif command["op"] == "preload":
                 self.generation += 1  # the worker counts every preload it asks for
                 for older in self.children.values():

@@ -51,6 +51,7 @@ class Supervisor:
         self.records: list[Record] = []  # in order; written before the outcomes
         self.pids_due = 0.0  # when a pid waiting alone is written
         self.lease_until = float("inf")  # monotonic: our lease surely holds until then
+        self._lapse_noted = False
 
     # -- starting ----------------------------------------------------------------------
 
@@ -75,6 +76,8 @@ class Supervisor:
     def start_waiting(self) -> None:
         """Start claimed tasks while fewer than ``concurrency`` processes are alive: each is
         written straight into a spare child (and its pid recorded with the next write)."""
+        if not self.lease_held(time.monotonic()):
+            return
         for attempt in self.ledger.startable():
             if self.ledger.live() >= self.policy.concurrency:
                 return
@@ -232,7 +235,7 @@ class Supervisor:
                 self.terminate(attempt, f"timed out after {limit:g}s", TaskStatus.FAILED)
 
     def deadlines(self) -> list[float]:
-        times = [self.lease_until]
+        times = [] if self._lapse_noted else [self.lease_until]
         for attempt in self.ledger.in_phase(*ALIVE, Phase.GONE):
             times += [t for t in (attempt.escalate_at, attempt.deadline) if t is not None]
         return times
@@ -246,10 +249,16 @@ class Supervisor:
         by other workers, and must not run beside their second attempt."""
         lease = self.policy.lease
         self.lease_until = sent_at + lease - min(1.0, lease * 0.1)
+        self._lapse_noted = False
         self.children.lease(self.lease_until)
 
+    def lease_held(self, now: float) -> bool:
+        """Our lease surely holds: only then may a task be claimed or started (after it
+        lapsed, our claims may be recovered by others at any moment)."""
+        return now < self.lease_until
+
     def check_lease(self, now: float) -> None:
-        if now < self.lease_until:
+        if now < self.lease_until or self._lapse_noted:
             return
         alive = self.ledger.in_phase(*ALIVE)
         if alive:
@@ -259,4 +268,4 @@ class Supervisor:
             if attempt.kill_reason is None:
                 attempt.kill_reason, attempt.kill_status = LEASE_LAPSED, TaskStatus.FAILED
                 attempt.escalate_at = now
-        self.lease_until = float("inf")  # said once; the next heartbeat renews it
+        self._lapse_noted = True  # said once; the next heartbeat renews the lease

@@ -241,7 +241,8 @@ class Worker:
         if not self._db.connected or now < self._db.retry_at:
             return
         free = self._free_slots() if not self._stopping else 0
-        claim = free > 0 and (self._want_claim or now >= self._next_poll)
+        claim = free > 0 and self._sup.lease_held(now) and (
+            self._want_claim or now >= self._next_poll)
         finals = self._ledger.pending_finals()
         pids = self._ledger.pids_to_write()
         if not (claim or self._records or finals or (pids and now >= self._sup.pids_due)):
@@ -304,6 +305,7 @@ class Worker:
                                extra={"worker_id": str(self.id)})
             self._sup.renew_lease(sent_at)
             self._drop_not_ours()
+            self._sup.start_waiting()  # what waited for the lease (and is still ours)
             self._db.release_unknown(self._ledger.known_ids())
             self._db.recover_lost(self.lease)
             if self.retention is not None:  # one bounded batch per heartbeat

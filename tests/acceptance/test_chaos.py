@@ -114,7 +114,9 @@ def _check(url: str, workdir: Path, ids: list[uuid.UUID], where: str,
            faults: list[str]) -> None:
     lines = [line.split() for line in (workdir / "ledger").read_text().splitlines()]
     kinds = Counter(line[0] for line in lines)
-    assert not kinds["overlap"], f"two processes of one task at once {where}"
+    overlaps = {line[1] for line in lines if line[0] == "overlap"}
+    assert not overlaps, (f"two processes of one task at once {where}: faults {faults}; "
+                          + "; ".join(" ".join(line) for line in lines if line[1] in overlaps))
     assert not kinds["excess"], f"a limit was exceeded {where}"
     starts = Counter((line[1], int(line[2])) for line in lines if line[0] == "start")
     assert max(starts.values()) == 1, f"an attempt ran twice {where}"
