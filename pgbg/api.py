@@ -47,6 +47,7 @@ INT_MIN, INT_MAX = -(2 ** 31), 2 ** 31 - 1  # priority, num_proc, num_of_task_ty
 # Bytes of UTF-8 a name may take (the database checks the same, migration 0012): indexed
 # text must fit an index row, or the insert (or the claim that indexes it) fails.
 MAX_TASK_TYPE, MAX_UNIQUE_KEY = 255, 1024
+MAX_LIMITS = 2048  # num_of_task_type as JSON text (migration 0014)
 MAX_ATTEMPTS = 1000  # max_attempts is 1..MAX_ATTEMPTS
 MAX_DELAY = 100 * 365.25 * 86400.0  # delay= (seconds): a century, well inside timestamptz
 
@@ -433,7 +434,14 @@ def _type_limits(limits: object) -> dict[str, int]:
         _bounded(key, "a num_of_task_type key", MAX_TASK_TYPE)
         # the claim counts in integer: a limit past INT_MAX would stop every claim
         _int(f"num_of_task_type[{key!r}]", value, minimum=1)
-    return {key: int(value) for key, value in limits.items()}
+    checked = {key: int(value) for key, value in limits.items()}
+    # the limits are an index key (migration 0014): their JSON text, as the database
+    # writes it (the same separators and escapes, keys in another order), is bounded
+    size = len(json.dumps(checked, ensure_ascii=False).encode())
+    if size > MAX_LIMITS:
+        raise OptionOutOfRange(f"num_of_task_type must be at most {MAX_LIMITS} bytes as "
+                               f"JSON, not {size} ({len(checked)} types)")
+    return checked
 
 
 def _args_value(args: object) -> list[Any]:

@@ -44,6 +44,9 @@ class Sizes:
     deep_queued: int = 200_000
     deep_finished: int = 1_000_000
     concurrency: int = 2
+    backlog: int = 20_000  # queued {"import": 1} tasks ahead of the measured ones; 0: skip
+    backlog_tasks: int = 1000
+    backlog_concurrency: int = 4
 
 
 @dataclass
@@ -174,6 +177,61 @@ def process(scratch: Scratch, func: Callable[..., Any], args: list[Any], n: int,
         "WHERE id = ANY(%s)", (ids,))[0]
     scratch.clear(task_type)
     return n / float(span)
+
+
+IMPORT_MS = 20  # what one "import" of the backlog workload does: sleep this long
+
+
+@dataclass
+class Backlog:
+    empty: float  # unlimited no-ops per second on an empty queue
+    behind: float  # ... behind the backlog
+    imports: int  # imports that ran while the no-ops ran behind them
+    most_at_once: int  # the most imports that ever ran at once (their limit: 1)
+    import_share: float  # of that time, the share an import was running
+
+
+def backlog(scratch: Scratch, queued: int, n: int, concurrency: int) -> Backlog:
+    """OpenREM's retrieve: ``queued`` imports limited to one at a time (``{"import": 1}``,
+    priority 10) wait ahead of ``n`` unlimited no-op tasks. How fast do those run, against
+    the same tasks on an empty queue, and do the imports keep running at their limit?"""
+    worker = _worker(scratch.url, concurrency)
+    try:
+        _wait_until(lambda: scratch.sql("SELECT count(*) FROM pgbg.worker")[0][0], 60,
+                    "the worker")
+        empty = process(scratch, noop, [], n, "bench-free")
+        pgbg.enqueue_many(sleep_ms, [[IMPORT_MS]] * queued, task_type="bench-import",
+                          priority=10, num_of_task_type={"bench-import": 1})
+        _wait_until(lambda: scratch.sql(
+            "SELECT count(*) FROM pgbg.task WHERE task_type = 'bench-import' AND "
+            "status = 'running'")[0][0], 60, "the first import")
+        results = pgbg.enqueue_many(noop, [[]] * n, task_type="bench-behind")
+        ids = [r.id for r in results]
+        _wait_until(lambda: scratch.sql(
+            "SELECT count(*) = %s FROM pgbg.task WHERE task_type = 'bench-behind' AND complete",
+            (n,))[0][0], 600, f"{n} tasks behind the backlog", interval=0.25)
+    finally:
+        _stop(worker)
+    (first, last), = scratch.sql(
+        "SELECT min(started_at), max(finished_at) FROM pgbg.task WHERE id = ANY(%s)", (ids,))
+    (span, imports, busy), = scratch.sql(
+        "SELECT extract(epoch FROM %(last)s - %(first)s::timestamptz), count(*),"
+        "       extract(epoch FROM coalesce(sum(least(finished_at, %(last)s)"
+        "                                       - greatest(started_at, %(first)s)), '0 s'))"
+        "  FROM pgbg.task WHERE task_type = 'bench-import' AND started_at < %(last)s"
+        "   AND finished_at > %(first)s", {"first": first, "last": last})
+    # the most imports running at one instant: +1 at each start, -1 at each finish
+    (most,), = scratch.sql(
+        "SELECT coalesce(max(running), 0) FROM ("
+        "  SELECT sum(step) OVER (ORDER BY at, step) AS running FROM ("
+        "    SELECT started_at AS at, 1 AS step FROM pgbg.task"
+        "     WHERE task_type = 'bench-import' AND started_at IS NOT NULL"
+        "    UNION ALL SELECT finished_at, -1 FROM pgbg.task"
+        "     WHERE task_type = 'bench-import' AND finished_at IS NOT NULL) steps) overlap")
+    for task_type in ("bench-free", "bench-behind", "bench-import"):
+        scratch.clear(task_type)
+    return Backlog(empty, n / float(span), imports, most,
+                   float(busy) / float(span))
 
 
 def latency(n: int) -> list[float]:
@@ -318,6 +376,17 @@ def run(sizes: Sizes, progress: Callable[[str], None] = lambda step: None) -> Re
                        "for a longer run)")
         finally:
             _stop(worker)
+        if sizes.backlog:
+            progress("backlog")
+            found = backlog(scratch, sizes.backlog, sizes.backlog_tasks,
+                            sizes.backlog_concurrency)
+            report.add("process-noop behind a limited backlog", found.behind, "tasks/s",
+                       f"{found.behind / found.empty:.0%} of {found.empty:.0f}/s on an empty "
+                       f"queue; {sizes.backlog} queued {{\"import\": 1}} tasks ahead; "
+                       f"concurrency {sizes.backlog_concurrency}")
+            report.add("imports meanwhile", found.imports, "tasks",
+                       f"at most {found.most_at_once} at once (limit 1), one running "
+                       f"{found.import_share:.0%} of the time; {IMPORT_MS} ms each")
         # The backlog must not be worked off while the deep rates are measured: no worker
         # runs during the fill and the enqueue; the measured tasks outrank the backlog.
         progress("deep queue")

@@ -38,7 +38,7 @@ task_status = Enum(
 # complete / completed_successfully are derived from status by the database itself,
 # so they can never disagree with it.
 _TERMINAL = "status <> 'queued'::pgbg.task_status AND status <> 'running'::pgbg.task_status"
-_LIMITED = "num_proc > 0 OR num_of_task_type <> '{}'::jsonb"
+_FREE = "num_proc = 0 AND num_of_task_type = '{}'::jsonb"  # no limits
 
 
 def _option_checks(table: str) -> list[CheckConstraint]:
@@ -51,6 +51,8 @@ def _option_checks(table: str) -> list[CheckConstraint]:
         "retry_backoff_valid":
             "retry_backoff IS NULL OR (retry_backoff >= 0 AND retry_backoff <= 3600)",
         "timeout_valid": "timeout IS NULL OR (timeout > 0 AND timeout < 'Infinity'::float8)",
+        # the limits are an index key (migration 0014)
+        "num_of_task_type_length": "octet_length(num_of_task_type::text) <= 2048",
     }
     return [CheckConstraint(check, name=f"{table}_{name}") for name, check in checks.items()]
 
@@ -98,8 +100,13 @@ task = Table(
     # same whether the table holds a hundred finished tasks or ten million.
     Index("task_claim_idx", text("priority DESC"), "queued_at", "id",
           postgresql_where=text("status = 'queued'")),
-    Index("task_claim_limited_idx", text("priority DESC"), "queued_at", "id",
-          postgresql_where=text(f"status = 'queued' AND ({_LIMITED})")),
+    # The claim's two streams (migration 0014): unlimited tasks in claim order, and tasks
+    # with limits grouped by them (a skip scan finds the groups, a probe each group's head).
+    Index("task_claim_free_idx", text("priority DESC"), "queued_at", "id",
+          postgresql_where=text(f"status = 'queued' AND {_FREE}")),
+    Index("task_claim_group_idx", text('(num_of_task_type::text)'), "num_proc",
+          text("priority DESC"), "queued_at", "id",
+          postgresql_where=text(f"status = 'queued' AND NOT ({_FREE})")),
     Index("task_running_idx", "task_type", "worker_id",
           postgresql_where=text("status = 'running'")),
     # A task that recorded its own failure while its process still runs (migration 0011):

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import psycopg
 import pytest
 
 import pgbg
-from pgbg import db, embedded, migrate
+from pgbg import db, embedded, migrate, queries
 
 TESTS_DIR = Path(__file__).parent
 _counter = itertools.count()
@@ -50,6 +51,36 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def claim_concurrently(url: str, *, claimers: int = 8, rounds: int = 5,
+                       batch: int = 4) -> list[pgbg.BackgroundTask]:
+    """``claimers`` connections, released together by a barrier, each claiming ``batch``
+    tasks ``rounds`` times: everything they claimed (errors re-raised)."""
+    barrier = threading.Barrier(claimers)
+    claimed: list[pgbg.BackgroundTask] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def claimer() -> None:
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                barrier.wait(timeout=30)
+                for _ in range(rounds):
+                    got = queries.task_claim(conn, uuid.uuid4(), "test", batch)
+                    with lock:
+                        claimed.extend(got)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer) for _ in range(claimers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    if errors:
+        raise errors[0]
+    return claimed
 
 
 def alive(pid: int) -> bool:

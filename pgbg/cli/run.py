@@ -179,6 +179,9 @@ def bench(
     deep_queued: Annotated[int, typer.Option(help="Queued rows in the deep-queue run.")] = 200_000,
     deep_finished: Annotated[int, typer.Option(
         help="Finished rows in the deep-queue run.")] = 1_000_000,
+    backlog: Annotated[int, typer.Option(
+        help="Queued {\"import\": 1} tasks ahead of the backlog run's tasks (0: skip it).")
+    ] = 20_000,
     rss_tasks: Annotated[int, typer.Option(
         help="Instead: run this many no-op tasks and report the worker's RSS growth.")] = 0,
     as_json: JsonOption = False,
@@ -194,12 +197,13 @@ def bench(
     from pgbg.cli.common import print_json, table
 
     sizes = bench_module.Sizes(concurrency=concurrency, deep_queued=deep_queued,
-                               deep_finished=deep_finished)
+                               deep_finished=deep_finished, backlog=backlog)
     if quick:
         sizes = bench_module.Sizes(enqueue_single=200, enqueue_bulk=2000, process_noop=300,
                                    process_sleep=100, latency=20, terminate=3, wait=10,
                                    deep_queued=2000, deep_finished=10000,
-                                   concurrency=concurrency)
+                                   concurrency=concurrency, backlog=min(backlog, 2000),
+                                   backlog_tasks=100)
     console = Console(stderr=True)
     with console.status("benchmarking…") as status:
         def step(name: str) -> None:

@@ -145,8 +145,10 @@ def test_bench_quick_runs_and_reports_every_workload(database_url: str, tmp_path
     for expected in ("fork ceiling (the fork server)", "enqueue-single", "enqueue-bulk",
                      "process-noop", "process-sleep-10ms", "latency enqueue → start p50",
                      "wait_task wake p50", "terminate → gone p50", "deep process-noop",
-                     "worker RSS growth"):
+                     "worker RSS growth", "process-noop behind a limited backlog"):
         assert expected in names
+    imports = next(r for r in rows if r["workload"] == "imports meanwhile")
+    assert "at most 1 at once" in imports["note"]  # the limit held throughout
     # rates and times are positive; a growth (a difference) may be negative
     assert all(r["value"] >= 0 for r in rows if r["workload"] != "worker RSS growth")
     assert scratch_databases() == before  # its scratch database is gone again

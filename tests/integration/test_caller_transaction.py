@@ -23,6 +23,8 @@ CASES: dict[str, dict[str, Any]] = {
     "limit key NUL": {"task_type": "t", "num_of_task_type": {"a\x00": 1}},
     "limit key surrogate": {"task_type": "t", "num_of_task_type": {"a\ud800": 1}},
     "limit key long": {"task_type": "t", "num_of_task_type": {LONG: 1}},
+    "limits long": {"task_type": "t",
+                    "num_of_task_type": {f"{i:0>250}": 1 for i in range(9)}},
     "unique_key long": {"task_type": "t", "unique_key": LONG},
     "priority past int": {"task_type": "t", "priority": 2 ** 31},
     "num_proc past int": {"task_type": "t", "num_proc": 2 ** 31},

@@ -9,7 +9,7 @@ from typing import Any
 
 import pgbg_test_tasks as tasks
 import psycopg
-from conftest import wait_for
+from conftest import claim_concurrently, wait_for
 
 import pgbg
 from pgbg import queries
@@ -53,23 +53,7 @@ def test_concurrent_claimers_respect_limits(database_url: str) -> None:
         task_type = "a" if i % 2 else "b"
         limit = {"a": 2} if task_type == "a" else {"b": 1}
         pgbg.run_in_background_with_limits(tasks.add, task_type, 3, limit, i, i)
-    barrier = threading.Barrier(8)
-    claimed: list[pgbg.BackgroundTask] = []
-    lock = threading.Lock()
-
-    def claimer() -> None:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            barrier.wait(timeout=30)
-            for _ in range(5):
-                batch = _claim(conn, 4)
-                with lock:
-                    claimed.extend(batch)
-
-    threads = [threading.Thread(target=claimer) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    claimed = claim_concurrently(database_url)
     # nothing finishes in this test, so what is running is what was claimed
     assert Counter(t.task_type for t in claimed) == {"a": 2, "b": 1}
 

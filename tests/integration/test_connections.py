@@ -12,7 +12,7 @@ from typing import Any
 import pgbg_test_tasks as tasks
 import psycopg
 import pytest
-from conftest import Driver, wait_for
+from conftest import Driver, claim_concurrently, wait_for
 from psycopg.conninfo import conninfo_to_dict
 
 import pgbg
@@ -136,28 +136,7 @@ def test_concurrent_claimers_hold_a_limit_of_one_under_repeatable_read(
         repeatable_read: str) -> None:
     for i in range(40):
         pgbg.run_in_background_with_limits(tasks.add, "a", 0, {"a": 1}, i, i)
-    barrier = threading.Barrier(8)
-    claimed: list[pgbg.BackgroundTask] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def claimer() -> None:
-        try:
-            with psycopg.connect(repeatable_read, autocommit=True) as conn:
-                barrier.wait(timeout=30)
-                for _ in range(5):
-                    batch = _claim(conn, 4)
-                    with lock:
-                        claimed.extend(batch)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=claimer) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors
+    claimed = claim_concurrently(repeatable_read)
     assert Counter(t.task_type for t in claimed) == {"a": 1}
 
 

@@ -20,6 +20,7 @@ from conftest import Driver, count_tasks
 from sqlalchemy.orm import Session
 
 import pgbg
+from pgbg import api
 from pgbg.exceptions import OptionOutOfRange, UnstorableValue
 
 DEEP: Any = []
@@ -73,6 +74,10 @@ REFUSED: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("type limit too big",
      lambda: pgbg.run_in_background_with_limits(tasks.add, "t", 0, {"a": 2 ** 32}),
      OptionOutOfRange, "num_of_task_type['a']"),
+    ("limits past their index",
+     lambda: pgbg.run_in_background_with_limits(tasks.add, "t", 0,
+                                                {f"type-{i}": 1 for i in range(200)}),
+     OptionOutOfRange, "num_of_task_type must be at most 2048 bytes as JSON"),
     ("max_attempts too big", lambda: pgbg.enqueue(tasks.add, task_type="t", max_attempts=1001),
      OptionOutOfRange, "max_attempts"),
     ("timeout beyond float", lambda: pgbg.enqueue(tasks.add, task_type="t", timeout=10 ** 400),
@@ -115,6 +120,8 @@ PERIODIC_REFUSED: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("NUL in the name", {"name": "r\x00"}, UnstorableValue, "name: strings cannot hold NUL"),
     ("type limit too big", {"num_of_task_type": {"a": 2 ** 31}}, OptionOutOfRange,
      "num_of_task_type['a']"),
+    ("too many type limits", {"num_of_task_type": {f"type-{i}": 1 for i in range(200)}},
+     OptionOutOfRange, "num_of_task_type must be at most 2048 bytes"),
     ("priority too big", {"priority": 2 ** 40}, OptionOutOfRange, "priority"),
     ("max_attempts too big", {"max_attempts": 10 ** 6}, OptionOutOfRange, "max_attempts"),
     ("retry_backoff inf", {"retry_backoff": float("inf")}, pgbg.InvalidOption, "retry_backoff"),
@@ -238,3 +245,23 @@ def test_enqueue_without_the_schema_says_so(database_url: str,
         pgbg.enqueue(tasks.echo, [1], task_type="t")
     with psycopg.connect(database_url) as app_conn, pytest.raises(pgbg.SchemaMissing):
         pgbg.enqueue_many(tasks.echo, [[1]], task_type="t", connection=app_conn)
+
+
+def test_limits_are_measured_as_the_database_measures_them(conn: psycopg.Connection[Any]) -> None:
+    """The bound on ``num_of_task_type`` (an index key) is the database's own: limits at it,
+    in keys that need escapes and multi-byte characters, are stored; one byte more is not."""
+    keys = ['q"uote', "back\\slash", "tab\there", "é-accent", "日本", "z" * 200]
+    limits = {k: 2 ** 31 - 1 for k in keys}
+
+    def size(limits: dict[str, int]) -> int:
+        return len(json.dumps(limits, ensure_ascii=False).encode())
+
+    while api.MAX_LIMITS - size(limits) - 7 > 255:  # a key of n bytes adds n + 7: , "": 1
+        limits[f"{len(limits):04}" + "p" * 196] = 1
+    last = "f" * (api.MAX_LIMITS - size(limits) - 7)
+    pgbg.run_in_background_with_limits(tasks.add, "t", 0, {**limits, last: 1})
+    stored = conn.execute("SELECT octet_length(num_of_task_type::text) FROM pgbg.task").fetchone()
+    assert stored == (api.MAX_LIMITS,)
+    with pytest.raises(OptionOutOfRange):
+        pgbg.run_in_background_with_limits(tasks.add, "t", 0, {**limits, last + "f": 1})
+    assert count_tasks(conn) == 1
