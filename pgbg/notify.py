@@ -6,9 +6,11 @@ from typing import Any
 
 import psycopg
 
-# Payloads: QUEUED carries nothing (any queued task wakes the workers and PostgreSQL folds
-# identical notifications of one transaction into one); DONE carries the task id.
+# Payloads: QUEUED carries nothing (PostgreSQL folds identical notifications of one
+# transaction into one); DONE carries the task id. Only the worker on duty LISTENs to
+# QUEUED (see pgbg/duty.py); every worker LISTENs to DUTY, which says the duty is free.
 QUEUED = "pgbg_queued"
+DUTY = "pgbg_duty"
 DONE = "pgbg_done"
 PERIODIC = "pgbg_periodic"  # payload: the name of a periodic task declared or changed
 CANCEL = "pgbg_cancel"  # payload: the task id; the owning worker checks the row before it kills

@@ -347,6 +347,28 @@ def worker_heartbeat(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostna
     return bool(row and row[0])
 
 
+# The worker on duty holds this session advisory lock (the claim's transaction lock is
+# 7070626267) and is the only one that LISTENs to new tasks; see pgbg/duty.py.
+DUTY_LOCK = 7070626268
+
+
+def worker_duty_take(conn: psycopg.Connection[Any]) -> bool:
+    """Take the duty if no other worker holds it: then LISTEN to new tasks (a task queued
+    before the LISTEN is found by the claim that follows); False if another holds it."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (DUTY_LOCK,)).fetchone()
+    if not (row and row[0]):
+        return False
+    conn.execute(f"LISTEN {notify.QUEUED}")
+    return True
+
+
+def worker_duty_release(conn: psycopg.Connection[Any]) -> None:
+    """Stop listening to new tasks, give the duty up and say so to the other workers, in
+    one round trip (no parameters: a simple query may hold several statements)."""
+    conn.execute(f"UNLISTEN {notify.QUEUED}; "
+                 f"SELECT pg_advisory_unlock({DUTY_LOCK}), pg_notify('{notify.DUTY}', '')")
+
+
 def task_list_owned(conn: psycopg.Connection[Any], worker_id: uuid.UUID,
                     tasks: Sequence[tuple[uuid.UUID, int]]) -> set[uuid.UUID]:
     """Which of ``(task id, attempt)`` are still this worker's running attempt."""

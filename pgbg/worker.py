@@ -7,8 +7,9 @@ its process is over and the write that ends it is committed: reconnects, stops,
 recovery and kills read that, so nothing the worker still holds is ever given back.
 
 The loop waits (``selectors``) on the LISTEN connection, the fork server, every child's
-pipes and exit, and a wake-up pipe for ``stop()``. It claims when woken by NOTIFY, when
-a slot frees up, and on a slow poll, so a lost notification costs latency, never a task.
+pipes and exit, and a wake-up pipe for ``stop()``. It claims when woken by NOTIFY (only
+the worker on duty hears of new tasks, ``duty.py``), when a slot frees up, and on a slow
+poll, so a lost notification costs latency, never a task.
 A lost connection is a mode of the same loop: children are still heard, their writes
 wait, and the loop reconnects with backoff.
 """
@@ -27,6 +28,7 @@ from datetime import datetime
 
 from pgbg import children, db, notify
 from pgbg.attempts import ALIVE, Phase
+from pgbg.duty import Duty
 from pgbg.exceptions import DatabaseUnavailable, InvalidOption
 from pgbg.models import TERMINAL_STATUSES
 from pgbg.supervisor import NOT_OURS, Policy, Supervisor
@@ -92,6 +94,7 @@ class Worker:
         self._ledger = self._sup.ledger
         self._records = self._sup.records  # in order; written before the outcomes
         self._want_claim = True
+        self._duty = Duty()  # whether this worker is the one that hears of new tasks
         self._next_poll = 0.0
         self._next_heartbeat = 0.0
         self._next_cancel_check = 0.0
@@ -212,6 +215,10 @@ class Worker:
     def _free_slots(self) -> int:
         return self.concurrency - self._ledger.slots_taken()
 
+    def _can_claim(self) -> bool:
+        return not self._stopping and self._free_slots() > 0 \
+            and self._sup.lease_held(time.monotonic())
+
     def _wait_time(self, timeout: float | None) -> float:
         now = time.monotonic()
         deadlines = [self._next_heartbeat if self._db.connected else self._db.next_connect,
@@ -240,6 +247,7 @@ class Worker:
         now = time.monotonic()
         if not self._db.connected or now < self._db.retry_at:
             return
+        self._tend_duty()
         free = self._free_slots() if not self._stopping else 0
         claim = free > 0 and self._sup.lease_held(now) and (
             self._want_claim or now >= self._next_poll)
@@ -247,10 +255,12 @@ class Worker:
         pids = self._ledger.pids_to_write()
         if not (claim or self._records or finals or (pids and now >= self._sup.pids_due)):
             return
+        answering = claim and self._duty.claiming()
         step = self._db.write(self._records, finals, pids, free if claim else 0, self._ledger)
         if step is None:  # nothing committed, or written item by item without the claim
             if claim:
                 self._next_poll, self._want_claim = time.monotonic() + self.poll_interval, False
+                self._duty.heard |= answering  # not answered yet
             return
         if claim:
             now = time.monotonic()
@@ -260,6 +270,25 @@ class Worker:
             # a full batch: more may be waiting
             self._want_claim = len(step.claimed) + len(step.unreadable) == free
             self._sup.claimed(step.claimed, step.unreadable)
+            self._duty.claimed(answering, full=self._want_claim)
+            self._tend_duty()
+
+    def _tend_duty(self) -> None:
+        """Hand the duty on, or take it, as ``duty.py`` says (only with LISTEN)."""
+        if not self.listen or not self._db.connected:
+            return
+        duty, now = self._duty, time.monotonic()
+        try:
+            if duty.should_release(self._stopping):
+                self._db.duty_release()
+                duty.released()
+            elif duty.should_take(self._can_claim(), now):
+                won = self._db.duty_take()
+                duty.taken(won, now, self.poll_interval)
+                if won:  # what was queued while nobody listened
+                    self._want_claim = True
+        except Exception as exc:
+            self._db.failed("the duty's hand-over", exc)
 
     def _enqueue_periodic(self) -> None:
         """Queue what periodic tasks are due; look again at the next due period, or sooner:
@@ -336,8 +365,11 @@ class Worker:
         except Exception as exc:
             self._db.failed("reading notifications", exc)
             return
-        if any(n.channel == notify.QUEUED for n in notes):
+        if any(n.channel == notify.QUEUED for n in notes) \
+                and self._duty.queued(self._can_claim()):
             self._want_claim = True
+        if any(n.channel == notify.DUTY for n in notes):
+            self._duty.freed(self._can_claim())
         if any(n.channel == notify.PERIODIC for n in notes):
             self._next_periodic = 0.0
         if any(n.channel == notify.CANCEL and self._ledger.by_id(n.payload) for n in notes):
@@ -356,6 +388,7 @@ class Worker:
         if not self._db.reconnect():
             return
         self._want_claim = True
+        self._duty.lost()  # the new connection LISTENs to nothing new until it takes it
         self._next_heartbeat = self._next_cancel_check = 0.0
         try:
             self._db.fence_old_backend()

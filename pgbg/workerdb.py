@@ -115,7 +115,8 @@ class WorkerDatabase:
                           prepare=None if self.listen else False)
         try:
             if self.listen:
-                notify.listen(conn, notify.QUEUED, notify.CANCEL, notify.PERIODIC)
+                # new tasks only while on duty (pgbg/duty.py)
+                notify.listen(conn, notify.DUTY, notify.CANCEL, notify.PERIODIC)
             row = conn.execute("SELECT pg_backend_pid()").fetchone()
         except psycopg.Error:
             conn.close()
@@ -339,6 +340,12 @@ class WorkerDatabase:
     def cancel_requested(self, ids: Sequence[uuid.UUID]) -> list[tuple[uuid.UUID, str]]:
         with self.bounded():
             return queries.task_list_cancel_requested(self.conn, self.worker_id, ids)
+
+    def duty_take(self) -> bool:
+        return queries.worker_duty_take(self.conn)
+
+    def duty_release(self) -> None:
+        queries.worker_duty_release(self.conn)
 
     def notifications(self) -> list[psycopg.Notify]:
         return self._inbox.take() if self._inbox is not None else []

@@ -184,6 +184,9 @@ def bench(
     ] = 20_000,
     rss_tasks: Annotated[int, typer.Option(
         help="Instead: run this many no-op tasks and report the worker's RSS growth.")] = 0,
+    workers: Annotated[str | None, typer.Option(
+        "--workers", help="Instead: many worker processes, e.g. 1,2,4,8: throughput, "
+        "database CPU and short claims per task.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Measure enqueue and processing rates, latencies and memory on your database.
@@ -209,7 +212,15 @@ def bench(
         def step(name: str) -> None:
             status.update(f"benchmarking: {name}…")
 
-        if rss_tasks:
+        if workers:
+            from pgbg import bench_workers
+
+            counts = [int(n) for n in workers.split(",") if n.strip()]
+            sized = bench_workers.WorkerSizes(counts=counts, concurrency=concurrency)
+            if quick:
+                sized.prefilled, sized.stream, sized.idle = 200, 100, 10
+            report = bench_workers.run(sized, step)
+        elif rss_tasks:
             report = bench_module.rss_soak(rss_tasks, concurrency, step)
         else:
             report = bench_module.run(sizes, step)
