@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
+
 from pgbg import db, queries
 from pgbg.api import Result, task_id
 from pgbg.exceptions import InvalidOption, InvalidTaskState, TaskNotFound
@@ -87,7 +89,11 @@ def retry_task(task: object) -> Result:
     """Queue a failed, terminated or cancelled task again, as a new attempt of the same row."""
     tid = task_id(task)
     with db.shared_connection() as conn:
-        previous = queries.task_requeue(conn, tid, "queued again by retry_task")
+        try:
+            previous = queries.task_requeue(conn, tid, "queued again by retry_task")
+        except psycopg.errors.CheckViolation as exc:  # only rows from before migration 0014
+            raise InvalidTaskState(f"task {tid} cannot be queued again: its num_of_task_type "
+                                   "is longer than 2048 bytes (migration 0014)") from exc
     if previous is None:
         raise TaskNotFound(f"no task with id {tid}")
     if previous not in (TaskStatus.FAILED, TaskStatus.TERMINATED, TaskStatus.CANCELLED):

@@ -51,8 +51,6 @@ def _option_checks(table: str) -> list[CheckConstraint]:
         "retry_backoff_valid":
             "retry_backoff IS NULL OR (retry_backoff >= 0 AND retry_backoff <= 3600)",
         "timeout_valid": "timeout IS NULL OR (timeout > 0 AND timeout < 'Infinity'::float8)",
-        # the limits are an index key (migration 0014)
-        "num_of_task_type_length": "octet_length(num_of_task_type::text) <= 2048",
     }
     return [CheckConstraint(check, name=f"{table}_{name}") for name, check in checks.items()]
 
@@ -104,9 +102,9 @@ task = Table(
     # with limits grouped by them (a skip scan finds the groups, a probe each group's head).
     Index("task_claim_free_idx", text("priority DESC"), "queued_at", "id",
           postgresql_where=text(f"status = 'queued' AND {_FREE}")),
-    Index("task_claim_group_idx", text('(num_of_task_type::text)'), "num_proc",
-          text("priority DESC"), "queued_at", "id",
-          postgresql_where=text(f"status = 'queued' AND NOT ({_FREE})")),
+    Index("task_claim_group_idx", text("coalesce(num_of_task_type::text, 'null')"),
+          text("coalesce(num_proc, -1)"), text("priority DESC"), "queued_at", "id",
+          postgresql_where=text(f"status = 'queued' AND ({_FREE}) IS NOT TRUE")),
     Index("task_running_idx", "task_type", "worker_id",
           postgresql_where=text("status = 'running'")),
     # A task that recorded its own failure while its process still runs (migration 0011):
@@ -127,6 +125,9 @@ task = Table(
     *_option_checks("task"),
     # Names that fit their indexes, times every reader can read (migration 0012).
     CheckConstraint("octet_length(task_type) <= 255", name="task_task_type_length"),
+    # the limits of a queued task are an index key (migration 0014)
+    CheckConstraint("status <> 'queued' OR octet_length(num_of_task_type::text) <= 2048",
+                    name="task_num_of_task_type_length"),
     CheckConstraint("unique_key IS NULL OR octet_length(unique_key) <= 1024",
                     name="task_unique_key_length"),
     CheckConstraint("run_at IS NULL OR (isfinite(run_at) AND run_at >= "
@@ -191,6 +192,8 @@ periodic = Table(
     CheckConstraint("every IS NULL OR every >= 1", name="periodic_every_positive"),
     *_option_checks("periodic"),
     CheckConstraint("octet_length(task_type) <= 255", name="periodic_task_type_length"),
+    CheckConstraint("NOT enabled OR octet_length(num_of_task_type::text) <= 2048",
+                    name="periodic_num_of_task_type_length"),
     Index("periodic_due_idx", "next_run_at", postgresql_where=text("enabled")),
 )
 

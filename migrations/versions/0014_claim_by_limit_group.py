@@ -49,15 +49,34 @@ LIMITS_BYTES = 2048
 ADVISORY_LOCK = 7070626267
 CLAIM_SIGNATURE = "pgbg.task_claim(uuid, text, integer)"
 
-FREE = "num_proc = 0 AND num_of_task_type = '{}'::jsonb"
-GROUP_KEY = "(num_of_task_type::text)"
-DUE = "(run_at IS NULL OR run_at <= now())"
+# Every statement below names the task table ``t``; the indexes name no table.
+FREE = "t.num_proc = 0 AND t.num_of_task_type = '{}'::jsonb"  # no limits
+LIMITED = f"({FREE}) IS NOT TRUE"  # a NULL (the constraints dropped) counts as limits
+# A group's key: never NULL, so that the skip scan's row comparison steps over every
+# group; NULL limits ('null') and a NULL num_proc (-1) are malformed groups, failed.
+GROUP_KEY = "coalesce(t.num_of_task_type::text, 'null')"
+GROUP_PROCS = "coalesce(t.num_proc, -1)"
+DUE = "(t.run_at IS NULL OR t.run_at <= now())"
 LIMITS_LENGTH = f"octet_length(num_of_task_type::text) <= {LIMITS_BYTES}"
 # what a claim sets: the task runs, this attempt is this worker's, nothing of the last
 CLAIMED = """status = 'running', started_at = clock_timestamp(), finished_at = NULL,
            worker_id = p_worker_id, hostname = p_hostname, attempt = t.attempt + 1,
            pid = NULL, exit_code = NULL, signal = NULL, error = NULL, result = NULL,
            cancel_requested_at = NULL, cancel_requested_by = NULL"""
+
+# after a task is claimed (plpgsql): return it, count it as running, stop when enough
+TAKEN = """RETURN NEXT v_task;
+        v_total := v_total + 1;
+        v_counts := jsonb_set(v_counts, ARRAY[v_task.task_type], to_jsonb(
+            coalesce((v_counts ->> v_task.task_type)::integer, 0) + 1));
+        v_claimed := v_claimed + 1;
+        EXIT WHEN v_claimed >= p_max;"""
+
+
+def _bare(expression: str) -> str:
+    """An expression of the statements above as an index names it: without ``t.``."""
+    return expression.replace("t.", "")
+
 
 ALLOW_FUNCTION = """
 CREATE FUNCTION pgbg.limits_allow(p_limits jsonb, p_num_proc integer, p_counts jsonb,
@@ -68,114 +87,6 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT (p_num_proc = 0 OR p_total < p_num_proc)
        AND NOT EXISTS (SELECT 1 FROM jsonb_each_text(p_limits) AS l(key, value)
                         WHERE coalesce((p_counts ->> l.key)::integer, 0) >= l.value::integer)
-$$
-"""
-
-CLAIM_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION pgbg.task_claim(p_worker_id uuid, p_hostname text, p_max integer)
-RETURNS SETOF pgbg.task
-LANGUAGE plpgsql AS $$
-DECLARE
-    -- the groups of queued limited tasks (see migration 0014), side by side; NULL when
-    -- there are more than {MAX_GROUPS}: the claim then walks the queue in claim order
-    v_keys text[];
-    v_limits jsonb[];
-    v_procs integer[];
-    v_counts jsonb;
-    v_total integer;
-    v_pick record;
-    v_task pgbg.task;
-    v_passed uuid[] := '{{}}';  -- picked, but locked by another transaction
-    v_claimed integer := 0;
-BEGIN
-    IF p_max <= 0 THEN
-        RETURN;
-    END IF;
-
-    WITH RECURSIVE grp(k, lim, np, n) AS (
-        (SELECT {GROUP_KEY}, num_of_task_type, num_proc, 1 FROM pgbg.task
-          WHERE status = 'queued' AND NOT ({FREE})
-          ORDER BY {GROUP_KEY}, num_proc LIMIT 1)
-        UNION ALL
-        SELECT nxt.k, nxt.lim, nxt.np, grp.n + 1 FROM grp CROSS JOIN LATERAL (
-            SELECT {GROUP_KEY} AS k, num_of_task_type AS lim, num_proc AS np FROM pgbg.task
-             WHERE status = 'queued' AND NOT ({FREE})
-               AND ({GROUP_KEY}, num_proc) > (grp.k, grp.np)
-             ORDER BY {GROUP_KEY}, num_proc LIMIT 1) nxt
-         WHERE grp.n <= {MAX_GROUPS}
-    )
-    SELECT CASE WHEN count(*) <= {MAX_GROUPS} THEN coalesce(array_agg(k), '{{}}') END,
-           array_agg(lim), array_agg(np)
-      INTO v_keys, v_limits, v_procs FROM grp;
-
-    IF v_keys IS NULL OR cardinality(v_keys) > 0 THEN
-        -- Limits no claim can read (a row that slipped past the constraints): those
-        -- tasks fail alone; if even that cannot be written, they are passed over.
-        IF v_keys IS NOT NULL AND EXISTS (
-                SELECT 1 FROM unnest(v_limits, v_procs) AS g(lim, np)
-                 WHERE g.np < 0 OR NOT pgbg.type_limits_valid(g.lim)) THEN
-            FOR v_pick IN SELECT g.k, g.lim, g.np FROM unnest(v_keys, v_limits, v_procs) AS g(k, lim, np)
-                           WHERE g.np < 0 OR NOT pgbg.type_limits_valid(g.lim)
-            LOOP
-                PERFORM pgbg.task_fail_malformed(v_pick.k, v_pick.np);
-            END LOOP;
-            SELECT array_agg(g.k), array_agg(g.lim), array_agg(g.np)
-              INTO v_keys, v_limits, v_procs
-              FROM unnest(v_keys, v_limits, v_procs) AS g(k, lim, np)
-             WHERE g.np >= 0 AND pgbg.type_limits_valid(g.lim);
-            v_keys := coalesce(v_keys, '{{}}');
-        END IF;
-
-        SELECT c.counts, c.total INTO v_counts, v_total FROM pgbg.task_running_counts() c;
-        IF pgbg.task_pick(v_keys, v_limits, v_procs, v_counts, v_total, v_passed, true)
-           IS NOT NULL THEN
-            -- A limited task can start: claim under the exclusive lock, counting again.
-            PERFORM pg_advisory_xact_lock({ADVISORY_LOCK});
-            SELECT c.counts, c.total INTO v_counts, v_total FROM pgbg.task_running_counts() c;
-            LOOP
-                SELECT * INTO v_pick
-                  FROM pgbg.task_pick(v_keys, v_limits, v_procs, v_counts, v_total, v_passed,
-                                      false);
-                EXIT WHEN v_pick.id IS NULL;
-                IF v_pick.np < 0 OR NOT pgbg.type_limits_valid(v_pick.lim) THEN
-                    -- met by the walk only: the group probes left malformed limits out
-                    PERFORM pgbg.task_fail_malformed(v_pick.lim::text, v_pick.np);
-                    v_passed := v_passed || v_pick.id;
-                    CONTINUE;
-                END IF;
-                UPDATE pgbg.task t SET {CLAIMED}
-                 WHERE t.id = (SELECT id FROM pgbg.task
-                              WHERE id = v_pick.id AND status = 'queued' AND {DUE}
-                              FOR UPDATE SKIP LOCKED)
-                RETURNING * INTO v_task;
-                IF NOT FOUND THEN
-                    v_passed := v_passed || v_pick.id;
-                    EXIT WHEN cardinality(v_passed) > 100;  -- locked by others: next step
-                    CONTINUE;
-                END IF;
-                RETURN NEXT v_task;
-                v_total := v_total + 1;
-                v_counts := jsonb_set(v_counts, ARRAY[v_task.task_type], to_jsonb(
-                    coalesce((v_counts ->> v_task.task_type)::integer, 0) + 1));
-                v_claimed := v_claimed + 1;
-                EXIT WHEN v_claimed >= p_max;
-            END LOOP;
-            RETURN;
-        END IF;
-    END IF;
-
-    -- No limited task can start: unlimited tasks only, side by side with other claimers.
-    -- A limited task allowed since the check above is left for the next step.
-    PERFORM pg_advisory_xact_lock_shared({ADVISORY_LOCK});
-    RETURN QUERY
-    UPDATE pgbg.task t SET {CLAIMED}
-     WHERE t.id = ANY(ARRAY(SELECT id FROM pgbg.task
-                             WHERE status = 'queued' AND {FREE} AND {DUE}
-                             ORDER BY priority DESC, queued_at, id
-                             LIMIT p_max
-                             FOR UPDATE SKIP LOCKED))
-    RETURNING t.*;
-END;
 $$
 """
 
@@ -191,48 +102,45 @@ LANGUAGE sql STABLE AS $$
 $$
 """
 
-PICK_FUNCTION = f"""
-CREATE FUNCTION pgbg.task_pick(p_keys text[], p_limits jsonb[], p_procs integer[],
-                               p_counts jsonb, p_total integer, p_passed uuid[],
-                               p_limited_only boolean,
-                               OUT id uuid, OUT lim jsonb, OUT np integer)
-LANGUAGE plpgsql STABLE AS $$
+# The first due task of a group, or the first due unlimited one, in claim order: one
+# probe of task_claim_group_idx or task_claim_free_idx. Unlocked, unless p_lock: then the
+# first that no other transaction has locked, locked (after a pick was found locked).
+HEAD_FUNCTIONS = [f"""
+CREATE FUNCTION pgbg.task_group_head(p_key text, p_num_proc integer, p_lock boolean,
+                                     OUT id uuid, OUT priority integer,
+                                     OUT queued_at timestamptz)
+LANGUAGE plpgsql AS $$
 BEGIN
-    -- The first due task, in claim order, that may start now, without locking anything;
-    -- with p_limited_only, the first limited one. p_keys NULL: walk the whole queue.
-    IF p_keys IS NULL THEN
-        SELECT t.id, t.num_of_task_type, t.num_proc INTO id, lim, np FROM pgbg.task t
-         WHERE t.status = 'queued' AND {DUE.replace('run_at', 't.run_at')}
-           AND t.id <> ALL(p_passed)
-           AND CASE WHEN t.num_proc = 0 AND t.num_of_task_type = '{{}}'::jsonb
-                    THEN NOT p_limited_only
-                    WHEN t.num_proc < 0 OR NOT pgbg.type_limits_valid(t.num_of_task_type)
-                    THEN true  -- to be failed
-                    ELSE pgbg.limits_allow(t.num_of_task_type, t.num_proc, p_counts, p_total)
-               END
+    IF p_lock THEN
+        SELECT t.id, t.priority, t.queued_at INTO id, priority, queued_at FROM pgbg.task t
+         WHERE t.status = 'queued' AND {LIMITED} AND {GROUP_KEY} = p_key
+           AND {GROUP_PROCS} = p_num_proc AND {DUE}
+         ORDER BY t.priority DESC, t.queued_at, t.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+    ELSE
+        SELECT t.id, t.priority, t.queued_at INTO id, priority, queued_at FROM pgbg.task t
+         WHERE t.status = 'queued' AND {LIMITED} AND {GROUP_KEY} = p_key
+           AND {GROUP_PROCS} = p_num_proc AND {DUE}
          ORDER BY t.priority DESC, t.queued_at, t.id LIMIT 1;
-        RETURN;
     END IF;
-    SELECT c.id, c.lim, c.np INTO id, lim, np FROM (
-        (SELECT h.id, h.priority, h.queued_at, g.lim, g.np
-           FROM unnest(p_keys, p_limits, p_procs) AS g(k, lim, np)
-          CROSS JOIN LATERAL (
-                SELECT t.id, t.priority, t.queued_at FROM pgbg.task t
-                 WHERE t.status = 'queued' AND NOT (t.num_proc = 0 AND t.num_of_task_type = '{{}}'::jsonb)
-                   AND (t.num_of_task_type::text) = g.k AND t.num_proc = g.np
-                   AND {DUE.replace('run_at', 't.run_at')} AND t.id <> ALL(p_passed)
-                 ORDER BY t.priority DESC, t.queued_at, t.id LIMIT 1) h
-          WHERE pgbg.limits_allow(g.lim, g.np, p_counts, p_total))
-        UNION ALL
-        (SELECT t.id, t.priority, t.queued_at, '{{}}'::jsonb, 0 FROM pgbg.task t
-          WHERE NOT p_limited_only AND t.status = 'queued'
-            AND t.num_proc = 0 AND t.num_of_task_type = '{{}}'::jsonb
-            AND {DUE.replace('run_at', 't.run_at')} AND t.id <> ALL(p_passed)
-          ORDER BY t.priority DESC, t.queued_at, t.id LIMIT 1)
-    ) c ORDER BY c.priority DESC, c.queued_at, c.id LIMIT 1;
 END;
 $$
-"""
+""", f"""
+CREATE FUNCTION pgbg.task_free_head(p_lock boolean, OUT id uuid, OUT priority integer,
+                                    OUT queued_at timestamptz)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_lock THEN
+        SELECT t.id, t.priority, t.queued_at INTO id, priority, queued_at FROM pgbg.task t
+         WHERE t.status = 'queued' AND {FREE} AND {DUE}
+         ORDER BY t.priority DESC, t.queued_at, t.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+    ELSE
+        SELECT t.id, t.priority, t.queued_at INTO id, priority, queued_at FROM pgbg.task t
+         WHERE t.status = 'queued' AND {FREE} AND {DUE}
+         ORDER BY t.priority DESC, t.queued_at, t.id LIMIT 1;
+    END IF;
+END;
+$$
+"""]
 
 FAIL_MALFORMED_FUNCTION = f"""
 CREATE FUNCTION pgbg.task_fail_malformed(p_key text, p_num_proc integer) RETURNS void
@@ -240,11 +148,11 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_id uuid;
 BEGIN
-    -- The due tasks of a group whose limits no claim can read fail, each saying why.
+    -- The due tasks of a group whose limits no claim can read fail, each saying why; one
+    -- that cannot even be written is passed over.
     FOR v_id IN SELECT t.id FROM pgbg.task t
-                 WHERE t.status = 'queued' AND NOT (t.num_proc = 0 AND t.num_of_task_type = '{{}}'::jsonb)
-                   AND (t.num_of_task_type::text) = p_key AND t.num_proc = p_num_proc
-                   AND {DUE.replace('run_at', 't.run_at')}
+                 WHERE t.status = 'queued' AND {LIMITED} AND {GROUP_KEY} = p_key
+                   AND {GROUP_PROCS} = p_num_proc AND {DUE}
                  FOR UPDATE SKIP LOCKED
     LOOP
         BEGIN
@@ -252,7 +160,8 @@ BEGIN
                SET status = 'failed', finished_at = clock_timestamp(),
                    error = format('cannot run: malformed limits (num_proc %s, '
                                   'num_of_task_type %s)', num_proc, num_of_task_type),
-                   num_proc = greatest(num_proc, 0), num_of_task_type = '{{}}'::jsonb
+                   num_proc = greatest(coalesce(num_proc, 0), 0),
+                   num_of_task_type = '{{}}'::jsonb
              WHERE id = v_id;
             PERFORM pg_notify('pgbg_done', v_id::text);
         EXCEPTION WHEN OTHERS THEN
@@ -263,42 +172,241 @@ END;
 $$
 """
 
-GROUP_INDEX = ("task_claim_group_idx",
-               f"""CREATE INDEX task_claim_group_idx ON pgbg.task
-                   ({GROUP_KEY}, num_proc, priority DESC, queued_at, id)
-                   WHERE status = 'queued' AND NOT ({FREE})""")
-FREE_INDEX = ("task_claim_free_idx",
-              f"""CREATE INDEX task_claim_free_idx ON pgbg.task (priority DESC, queued_at, id)
-                  WHERE status = 'queued' AND {FREE}""")
+WALK_FUNCTION = f"""
+CREATE FUNCTION pgbg.task_claim_walk(p_worker_id uuid, p_hostname text, p_max integer)
+RETURNS SETOF pgbg.task
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_row record;
+    v_task pgbg.task;
+    v_counts jsonb;
+    v_total integer;
+    v_claimed integer := 0;
+BEGIN
+    -- More groups than are worth probing one by one (a limit per customer, say): walk the
+    -- queue in claim order once, as the claim of 0011 did, reading what it passes over
+    -- instead of locking it; lock only the row taken (one another transaction has locked
+    -- is passed over, as SKIP LOCKED would).
+    PERFORM pg_advisory_xact_lock({ADVISORY_LOCK});
+    SELECT c.counts, c.total INTO v_counts, v_total FROM pgbg.task_running_counts() c;
+    FOR v_row IN SELECT t.id, t.num_of_task_type AS lim, t.num_proc AS np,
+                        {GROUP_KEY} AS k, {GROUP_PROCS} AS kp FROM pgbg.task t
+                  WHERE t.status = 'queued' AND {DUE}
+                  ORDER BY t.priority DESC, t.queued_at, t.id
+    LOOP
+        IF v_row.np IS NULL OR v_row.np < 0 OR NOT pgbg.type_limits_valid(v_row.lim) THEN
+            PERFORM pgbg.task_fail_malformed(v_row.k, v_row.kp);
+            CONTINUE;
+        END IF;
+        CONTINUE WHEN NOT pgbg.limits_allow(v_row.lim, v_row.np, v_counts, v_total);
+        UPDATE pgbg.task t SET {CLAIMED}
+         WHERE t.id = (SELECT id FROM pgbg.task
+                        WHERE id = v_row.id AND status = 'queued'
+                          AND (run_at IS NULL OR run_at <= now())
+                        FOR UPDATE SKIP LOCKED)
+        RETURNING * INTO v_task;
+        CONTINUE WHEN NOT FOUND;  -- locked by another transaction, or no longer queued
+        {TAKEN}
+    END LOOP;
+END;
+$$
+"""
+
+CLAIM_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION pgbg.task_claim(p_worker_id uuid, p_hostname text, p_max integer)
+RETURNS SETOF pgbg.task
+LANGUAGE plpgsql AS $$
+DECLARE
+    -- the groups of queued limited tasks, side by side; NULL when there are more than
+    -- {MAX_GROUPS}: the claim then walks the queue in claim order
+    v_keys text[];
+    v_limits jsonb[];
+    v_procs integer[];
+    v_usable boolean[];  -- false: malformed limits, never probed
+    -- each group's first due task; NULL for a group not probed (blocked) or empty
+    v_ids uuid[];
+    v_prios integer[];
+    v_ats timestamptz[];
+    v_locking boolean[];  -- probe this group locking (a pick of it was found locked)
+    v_free record;  -- the first due unlimited task
+    v_free_locking boolean := false;
+    v_head record;
+    v_counts jsonb;
+    v_total integer;
+    v_best integer;  -- the group whose first task goes first; 0: the unlimited one
+    v_best_prio integer;
+    v_best_at timestamptz;
+    v_best_id uuid;
+    v_task pgbg.task;
+    v_claimed integer := 0;
+    v_ready boolean := false;
+BEGIN
+    IF p_max <= 0 THEN
+        RETURN;
+    END IF;
+
+    WITH RECURSIVE grp(k, kp, lim, n) AS (
+        (SELECT {GROUP_KEY}, {GROUP_PROCS}, t.num_of_task_type, 1 FROM pgbg.task t
+          WHERE t.status = 'queued' AND {LIMITED}
+          ORDER BY {GROUP_KEY}, {GROUP_PROCS} LIMIT 1)
+        UNION ALL
+        SELECT nxt.k, nxt.kp, nxt.lim, grp.n + 1 FROM grp CROSS JOIN LATERAL (
+            SELECT {GROUP_KEY} AS k, {GROUP_PROCS} AS kp, t.num_of_task_type AS lim
+              FROM pgbg.task t
+             WHERE t.status = 'queued' AND {LIMITED}
+               AND ({GROUP_KEY}, {GROUP_PROCS}) > (grp.k, grp.kp)
+             ORDER BY {GROUP_KEY}, {GROUP_PROCS} LIMIT 1) nxt
+         WHERE grp.n <= {MAX_GROUPS}
+    )
+    SELECT CASE WHEN count(*) <= {MAX_GROUPS} THEN coalesce(array_agg(k), '{{}}') END,
+           array_agg(lim), array_agg(kp)
+      INTO v_keys, v_limits, v_procs FROM grp;
+
+    IF v_keys IS NULL THEN
+        RETURN QUERY SELECT * FROM pgbg.task_claim_walk(p_worker_id, p_hostname, p_max);
+        RETURN;
+    END IF;
+
+    FOR i IN 1 .. cardinality(v_keys) LOOP
+        -- Limits no claim can read (a row that slipped past the constraints): those tasks
+        -- fail alone.
+        v_usable[i] := v_procs[i] >= 0 AND pgbg.type_limits_valid(v_limits[i]);
+        IF NOT v_usable[i] THEN
+            PERFORM pgbg.task_fail_malformed(v_keys[i], v_procs[i]);
+        END IF;
+    END LOOP;
+    IF cardinality(v_keys) > 0 THEN
+        -- Can a limited task start? Probe the groups the counts allow until one has a due
+        -- task. No lock yet: what runs may change, so it is all done again under the lock.
+        SELECT c.counts, c.total INTO v_counts, v_total FROM pgbg.task_running_counts() c;
+        FOR i IN 1 .. cardinality(v_keys) LOOP
+            CONTINUE WHEN NOT v_usable[i]
+                OR NOT pgbg.limits_allow(v_limits[i], v_procs[i], v_counts, v_total);
+            SELECT * INTO v_head FROM pgbg.task_group_head(v_keys[i], v_procs[i], false);
+            v_ready := v_head.id IS NOT NULL;
+            EXIT WHEN v_ready;
+        END LOOP;
+    END IF;
+
+    IF NOT v_ready THEN
+        -- No limited task can start: unlimited ones only, side by side with other claims.
+        -- A limited task allowed since the check above is left for the next step.
+        PERFORM pg_advisory_xact_lock_shared({ADVISORY_LOCK});
+        RETURN QUERY
+        UPDATE pgbg.task t SET {CLAIMED}
+         WHERE t.id = ANY(ARRAY(SELECT t.id FROM pgbg.task t
+                                 WHERE t.status = 'queued' AND {FREE} AND {DUE}
+                                 ORDER BY t.priority DESC, t.queued_at, t.id
+                                 LIMIT p_max
+                                 FOR UPDATE SKIP LOCKED))
+        RETURNING t.*;
+        RETURN;
+    END IF;
+
+    -- A limited task can start: under the exclusive lock, count again, then merge the
+    -- groups' first tasks and the first unlimited one in claim order, a task at a time,
+    -- probing again only the stream a task was taken from.
+    PERFORM pg_advisory_xact_lock({ADVISORY_LOCK});
+    SELECT c.counts, c.total INTO v_counts, v_total FROM pgbg.task_running_counts() c;
+    FOR i IN 1 .. cardinality(v_keys) LOOP
+        v_locking[i] := false;
+        IF v_usable[i] AND pgbg.limits_allow(v_limits[i], v_procs[i], v_counts, v_total) THEN
+            SELECT * INTO v_head FROM pgbg.task_group_head(v_keys[i], v_procs[i], false);
+            v_ids[i] := v_head.id;
+            v_prios[i] := v_head.priority;
+            v_ats[i] := v_head.queued_at;
+        END IF;
+    END LOOP;
+    SELECT * INTO v_free FROM pgbg.task_free_head(false);
+    LOOP
+        v_best := NULL;
+        IF v_free.id IS NOT NULL THEN
+            v_best := 0;
+            v_best_prio := v_free.priority;
+            v_best_at := v_free.queued_at;
+            v_best_id := v_free.id;
+        END IF;
+        FOR i IN 1 .. cardinality(v_keys) LOOP
+            CONTINUE WHEN v_ids[i] IS NULL
+                OR NOT pgbg.limits_allow(v_limits[i], v_procs[i], v_counts, v_total);
+            IF v_best IS NULL OR v_prios[i] > v_best_prio OR (
+                    v_prios[i] = v_best_prio AND (v_ats[i], v_ids[i]) < (v_best_at, v_best_id))
+            THEN
+                v_best := i;
+                v_best_prio := v_prios[i];
+                v_best_at := v_ats[i];
+                v_best_id := v_ids[i];
+            END IF;
+        END LOOP;
+        EXIT WHEN v_best IS NULL;
+
+        UPDATE pgbg.task t SET {CLAIMED}
+         WHERE t.id = (SELECT id FROM pgbg.task
+                        WHERE id = v_best_id AND status = 'queued'
+                          AND (run_at IS NULL OR run_at <= now())
+                        FOR UPDATE SKIP LOCKED)
+        RETURNING * INTO v_task;
+        IF FOUND THEN
+            {TAKEN}
+        ELSIF v_best = 0 THEN  -- locked by another transaction, or gone: from now on
+            v_free_locking := true;  -- this stream is probed skipping (and taking) locks
+        ELSE
+            v_locking[v_best] := true;
+        END IF;
+        IF v_best = 0 THEN
+            SELECT * INTO v_free FROM pgbg.task_free_head(v_free_locking);
+        ELSE
+            SELECT * INTO v_head
+              FROM pgbg.task_group_head(v_keys[v_best], v_procs[v_best], v_locking[v_best]);
+            v_ids[v_best] := v_head.id;
+            v_prios[v_best] := v_head.priority;
+            v_ats[v_best] := v_head.queued_at;
+        END IF;
+    END LOOP;
+END;
+$$
+"""
+
+GROUP_INDEX = f"""CREATE INDEX task_claim_group_idx ON pgbg.task
+                  (({_bare(GROUP_KEY)}), ({_bare(GROUP_PROCS)}), priority DESC, queued_at, id)
+                  WHERE status = 'queued' AND {_bare(LIMITED)}"""
+FREE_INDEX = f"""CREATE INDEX task_claim_free_idx ON pgbg.task (priority DESC, queued_at, id)
+                 WHERE status = 'queued' AND {_bare(FREE)}"""
 OLD_LIMITED_INDEX = """CREATE INDEX task_claim_limited_idx ON pgbg.task
                        (priority DESC, queued_at, id)
                        WHERE status = 'queued' AND (num_proc > 0 OR num_of_task_type <> '{}'::jsonb)"""
 
+# The bound holds where the index does (queued rows) and where a periodic task queues
+# from (enabled ones): a finished task or a disabled periodic one keeps its limits, so
+# an operator who queues it again is told it cannot be, instead of it running unlimited.
+TASK_CHECK = f"status <> 'queued' OR {LIMITS_LENGTH}"
+PERIODIC_CHECK = f"NOT enabled OR {LIMITS_LENGTH}"
 REPAIR = [
     "LOCK TABLE pgbg.task, pgbg.periodic IN ACCESS EXCLUSIVE MODE",
     f"""UPDATE pgbg.task
            SET status = 'failed', finished_at = clock_timestamp(),
                error = 'cannot run: its num_of_task_type is longer than {LIMITS_BYTES} bytes; '
                        'failed by migration 0014'
-         WHERE status = 'queued' AND NOT ({LIMITS_LENGTH})""",
-    f"UPDATE pgbg.task SET num_of_task_type = '{{}}'::jsonb WHERE NOT ({LIMITS_LENGTH})",
-    f"""UPDATE pgbg.periodic SET enabled = false, num_of_task_type = '{{}}'::jsonb
-         WHERE NOT ({LIMITS_LENGTH})""",
+         WHERE NOT ({TASK_CHECK})""",
+    f"UPDATE pgbg.periodic SET enabled = false WHERE NOT ({PERIODIC_CHECK})",
 ]
 
 
 def upgrade() -> None:
     for statement in REPAIR:
         op.execute(statement)
-    for table in ("task", "periodic"):
-        op.execute(f"ALTER TABLE pgbg.{table} ADD CONSTRAINT {table}_num_of_task_type_length "
-                   f"CHECK ({LIMITS_LENGTH})")
-    op.execute(GROUP_INDEX[1])
-    op.execute(FREE_INDEX[1])
+    op.execute(f"ALTER TABLE pgbg.task ADD CONSTRAINT task_num_of_task_type_length "
+               f"CHECK ({TASK_CHECK})")
+    op.execute(f"ALTER TABLE pgbg.periodic ADD CONSTRAINT periodic_num_of_task_type_length "
+               f"CHECK ({PERIODIC_CHECK})")
+    op.execute(GROUP_INDEX)
+    op.execute(FREE_INDEX)
     op.execute("DROP INDEX pgbg.task_claim_limited_idx")
-    for function in (ALLOW_FUNCTION, COUNTS_FUNCTION, PICK_FUNCTION, FAIL_MALFORMED_FUNCTION):
+    for function in (ALLOW_FUNCTION, COUNTS_FUNCTION, *HEAD_FUNCTIONS, FAIL_MALFORMED_FUNCTION,
+                     WALK_FUNCTION, CLAIM_FUNCTION):
         op.execute(function)
-    op.execute(CLAIM_FUNCTION)  # CREATE OR REPLACE resets the function's settings:
+    # CREATE OR REPLACE resets the claim's settings (0009, 0012); the functions it calls
+    # run under them
     op.execute(f"ALTER FUNCTION {CLAIM_SIGNATURE} SET plan_cache_mode = force_generic_plan")
     op.execute(f"ALTER FUNCTION {CLAIM_SIGNATURE} SET lock_timeout = '5s'")
 
@@ -307,13 +415,13 @@ def downgrade() -> None:
     op.execute(definition("0011_error_exit_holds_its_slot.py", "CLAIM_FUNCTION"))
     op.execute(f"ALTER FUNCTION {CLAIM_SIGNATURE} SET plan_cache_mode = force_generic_plan")
     op.execute(f"ALTER FUNCTION {CLAIM_SIGNATURE} SET lock_timeout = '5s'")
-    op.execute("DROP FUNCTION pgbg.task_fail_malformed(text, integer)")
-    op.execute("DROP FUNCTION pgbg.task_pick(text[], jsonb[], integer[], jsonb, integer, "
-               "uuid[], boolean)")
-    op.execute("DROP FUNCTION pgbg.task_running_counts()")
-    op.execute("DROP FUNCTION pgbg.limits_allow(jsonb, integer, jsonb, integer)")
+    for function in ("task_claim_walk(uuid, text, integer)",
+                     "task_fail_malformed(text, integer)",
+                     "task_free_head(boolean)", "task_group_head(text, integer, boolean)",
+                     "task_running_counts()", "limits_allow(jsonb, integer, jsonb, integer)"):
+        op.execute(f"DROP FUNCTION pgbg.{function}")
     op.execute(OLD_LIMITED_INDEX)
     op.execute("DROP INDEX pgbg.task_claim_free_idx")
     op.execute("DROP INDEX pgbg.task_claim_group_idx")
-    for table in ("periodic", "task"):
-        op.execute(f"ALTER TABLE pgbg.{table} DROP CONSTRAINT {table}_num_of_task_type_length")
+    op.execute("ALTER TABLE pgbg.periodic DROP CONSTRAINT periodic_num_of_task_type_length")
+    op.execute("ALTER TABLE pgbg.task DROP CONSTRAINT task_num_of_task_type_length")

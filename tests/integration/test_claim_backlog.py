@@ -187,12 +187,20 @@ def test_migration_0014_repairs_limits_too_long_to_index(database_url: str,
     failed = pgbg.get_task(queued)
     assert failed.status is pgbg.TaskStatus.FAILED and failed.attempt == 0
     assert failed.error is not None and "longer than 2048 bytes" in failed.error
-    assert pgbg.get_task(finished).num_of_task_type == {}
-    assert conn.execute("SELECT enabled, num_of_task_type FROM pgbg.periodic").fetchone() == (
-        False, {})
-    with pytest.raises(psycopg.errors.CheckViolation):
-        conn.execute("UPDATE pgbg.task SET num_of_task_type = %s::jsonb", (_long_limits(),))
-    conn.rollback()
+    # a finished task and a disabled periodic task keep their limits: queued again, they
+    # are refused instead of running without them
+    assert pgbg.get_task(finished).num_of_task_type == json.loads(_long_limits())
+    enabled, limits = conn.execute("SELECT enabled, num_of_task_type FROM pgbg.periodic"
+                                   ).fetchone()
+    assert (enabled, limits) == (False, json.loads(_long_limits()))
+    with pytest.raises(pgbg.InvalidTaskState, match="longer than 2048 bytes"):
+        pgbg.retry_task(queued)  # an operator queues the failed one again
+    assert pgbg.get_task(queued).status is pgbg.TaskStatus.FAILED
+    for again in ("UPDATE pgbg.task SET status = 'queued', finished_at = NULL",
+                  "UPDATE pgbg.periodic SET enabled = true"):
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(again)
+        conn.rollback()
     ordinary = pgbg.run_in_background_with_limits(tasks.add, "t", 0, {"t": 1}, 1, 1)
     make_worker(1).until_done(ordinary)
     assert ordinary.get(timeout=5) == 2
