@@ -80,6 +80,7 @@ def claim_concurrently(url: str, *, claimers: int = 8, rounds: int = 5,
         thread.join(timeout=120)
     if errors:
         raise errors[0]
+    assert not any(thread.is_alive() for thread in threads), "a claimer hangs"
     return claimed
 
 
