@@ -96,6 +96,7 @@ def test_a_claim_never_started_is_not_charged_when_its_worker_dies(
     conn.execute("UPDATE pgbg.worker SET heartbeat_at = now() - interval '1 hour' "
                  "WHERE id = %s", (driver.worker.id,))
     queries.task_recover_lost(conn, 1.0)
-    task = pgbg.get_task(waiting)
+    started, task = pgbg.get_task(blocking), pgbg.get_task(waiting)
     release.touch()
+    assert (started.status, started.attempt) == (pgbg.TaskStatus.FAILED, 1)  # it ran: charged
     assert (task.status, task.attempt) == (pgbg.TaskStatus.QUEUED, 0)
