@@ -64,6 +64,86 @@ def _percentiles(samples: list[float]) -> tuple[float, float, float]:
     return statistics.median(ordered), p95, ordered[-1]
 
 
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What /proc says a process has used: CPU seconds and minor page faults, its own and
+    those of its children it has reaped."""
+
+    cpu: float = 0.0
+    faults: int = 0
+    children_cpu: float = 0.0
+    children_faults: int = 0
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(self.cpu - other.cpu, self.faults - other.faults,
+                     self.children_cpu - other.children_cpu,
+                     self.children_faults - other.children_faults)
+
+
+def _usage(pid: int | None) -> Usage:
+    """``pid``'s usage; nothing if it is not a process of this machine we may read."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return Usage()
+    # after the name: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+    # utime stime cutime cstime (ticks)
+    return Usage((int(fields[11]) + int(fields[12])) / CLOCK_TICK, int(fields[7]),
+                 (int(fields[13]) + int(fields[14])) / CLOCK_TICK, int(fields[8]))
+
+
+def _fork_server_of(worker: int) -> int | None:
+    try:
+        children = open(f"/proc/{worker}/task/{worker}/children").read().split()
+        return next((int(pid) for pid in children
+                     if b"pgbg.forkserver" in open(f"/proc/{pid}/cmdline", "rb").read()), None)
+    except OSError:
+        return None
+
+
+@dataclass
+class Processes:
+    """The processes a worker's task passes through, to tell where its CPU goes: the
+    worker, its fork server and the children it reaped, the worker's database backend
+    (only when the database runs on this machine, as the embedded one does)."""
+
+    worker: int
+    fork_server: int | None
+    backend: int | None
+
+    @classmethod
+    def of(cls, scratch: Scratch, worker: int) -> Processes:
+        rows = scratch.sql("SELECT pid FROM pg_stat_activity "
+                           "WHERE application_name LIKE 'pgbg worker %'")
+        backend = rows[0][0] if len(rows) == 1 else None
+        try:
+            if open(f"/proc/{backend}/comm").read().strip() != "postgres":
+                backend = None
+        except (OSError, TypeError):
+            backend = None
+        return cls(worker, _fork_server_of(worker), backend)
+
+    def usage(self) -> dict[str, Usage]:
+        return {"worker": _usage(self.worker), "fork server": _usage(self.fork_server),
+                "backend": _usage(self.backend)}
+
+
+def cpu_note(before: dict[str, Usage], after: dict[str, Usage], n: int) -> tuple[float, str]:
+    """CPU ms per task in all the processes measured, and how it divides among them."""
+    used = {name: after[name] - before[name] for name in before}
+    worker, server, backend = used["worker"], used["fork server"], used["backend"]
+    parts = {"worker": worker.cpu, "fork server": server.cpu,
+             "children": server.children_cpu, "worker's backend": backend.cpu}
+    total = sum(parts.values()) * 1000 / n
+    note = ", ".join(f"{name} {cpu * 1000 / n:.2f}" for name, cpu in parts.items())
+    note += (f" ms; page faults per task: fork server {server.faults / n:.0f}, "
+             f"child {server.children_faults / n:.0f}")
+    return total, note
+
+
 def _rss_kb(pid: int) -> int:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -354,11 +434,15 @@ def run(sizes: Sizes, progress: Callable[[str], None] = lambda step: None) -> Re
                         "the worker")
             rss_start = _rss_kb(worker.pid)
             progress("process-noop")
+            processes = Processes.of(scratch, worker.pid)
+            used_before = processes.usage()
             noop_rate = process(scratch, noop, [], sizes.process_noop, "bench-noop")
+            cpu_total, cpu_split = cpu_note(used_before, processes.usage(), sizes.process_noop)
             report.add("process-noop", noop_rate, "tasks/s",
                        f"{noop_rate / heavy:.0%} of a worker-sized process's fork ceiling, "
                        f"{noop_rate / ceiling:.0%} of the fork server's; "
                        f"concurrency {sizes.concurrency}")
+            report.add("process-noop CPU per task", cpu_total, "ms", cpu_split)
             progress("process-sleep-10ms")
             sleep_rate = process(scratch, sleep_ms, [10], sizes.process_sleep, "bench-sleep")
             ideal = sizes.concurrency * 100

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any, NoReturn
 
@@ -127,19 +127,33 @@ def _kill_own_group(_signum: int, _frame: object) -> None:
     os.killpg(0, signal.SIGKILL)  # the task and everything it started, this process included
 
 
-def _isolate(parent_pid: int) -> None:
-    """Only what a fork does not inherit: every page this touches is a page copied, in
-    every child (stdin is already /dev/null: the fork server's is)."""
-    os.setpgid(0, 0)  # own process group: terminating the task kills all it started
-    for sig in (signal.SIGINT, signal.SIGTERM):  # the fork server's: ignored
-        signal.signal(sig, signal.SIG_DFL)
-    # SIGPIPE stays ignored, as Python sets it at startup: a write to a closed pipe raises
-    # BrokenPipeError in the task instead of killing it (subprocess restores the default
-    # for the programs a task executes).
+def inherited_signals() -> None:
+    """In the fork server, before it forks a spare: the signal dispositions every child
+    needs that a fork passes on, set once here rather than in every child.
+
+    SIGPIPE ignored (as Python sets it at startup; said again so that it holds): a write
+    to a closed pipe raises BrokenPipeError in the task instead of killing it (subprocess
+    restores the default for the programs a task executes). PARENT_DIED kills the child's
+    whole group, grandchildren included, when the process that forked it dies: a task
+    never outlives the worker that owns it. The fork server itself never receives
+    PARENT_DIED (its own parent-death signal is SIGKILL)."""
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    # When the process that forked it dies, the kernel signals the child, which kills its
-    # whole group, grandchildren included: a task never outlives the worker that owns it.
     signal.signal(PARENT_DIED, _kill_own_group)
+
+
+_SIGINT, _SIGTERM, _SIG_DFL = int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIG_DFL)
+# The C function under ``signal.signal`` (no stub in typeshed): plain ints in and out.
+_set_handler: Callable[[int, int], object] = importlib.import_module("_signal").signal
+
+
+def _isolate(parent_pid: int) -> None:
+    """Only what a fork does not inherit (``inherited_signals`` is): every page this
+    touches is a page copied, in every child (stdin is already /dev/null: the fork
+    server's is). ``_set_handler``, not ``signal.signal``: the latter's conversion of
+    the old handler to an enum member alone copies some 60 pages (measured)."""
+    os.setpgid(0, 0)  # own process group: terminating the task kills all it started
+    for sig in (_SIGINT, _SIGTERM):  # the fork server's: ignored
+        _set_handler(sig, _SIG_DFL)
     if libc is not None:
         libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DIED), 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before the death signal was armed

@@ -678,6 +678,7 @@ def main() -> None:
         os._exit(0)  # the worker is gone already
     command = json.loads(setup)
     child.setup(command["database_url"], command["allow"])
+    child.inherited_signals()  # after the watcher's fork: only the spares need them
     Server(sock, spares, watcher=watcher).serve()
 
 

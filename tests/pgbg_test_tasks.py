@@ -49,6 +49,20 @@ def kill_self(signum: int) -> None:
     os.kill(os.getpid(), signum)
 
 
+def signal_dispositions() -> dict[str, str]:
+    """How this task's process treats the signals pgbg sets up for it."""
+    from pgbg import child
+
+    def disposition(handler: Any) -> str:
+        if handler is child._kill_own_group:
+            return "kills its group"
+        return {signal.SIG_DFL: "default", signal.SIG_IGN: "ignored"}.get(handler, repr(handler))
+
+    return {name: disposition(signal.getsignal(sig)) for name, sig in (
+        ("SIGINT", signal.SIGINT), ("SIGTERM", signal.SIGTERM), ("SIGPIPE", signal.SIGPIPE),
+        ("PARENT_DIED", child.PARENT_DIED))}
+
+
 def error_exit_then_return(message: str) -> dict[str, Any]:
     pgbg.record_task_error_exit(message)
     return {"after": pgbg.get_current_task() is None}

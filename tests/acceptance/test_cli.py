@@ -143,7 +143,8 @@ def test_bench_quick_runs_and_reports_every_workload(database_url: str, tmp_path
     assert {tuple(sorted(r)) for r in rows} == {("note", "unit", "value", "workload")}
     names = {r["workload"] for r in rows}
     for expected in ("fork ceiling (the fork server)", "enqueue-single", "enqueue-bulk",
-                     "process-noop", "process-sleep-10ms", "latency enqueue → start p50",
+                     "process-noop", "process-noop CPU per task", "process-sleep-10ms",
+                     "latency enqueue → start p50",
                      "wait_task wake p50", "terminate → gone p50", "deep process-noop",
                      "worker RSS growth", "process-noop behind a limited backlog"):
         assert expected in names

@@ -28,6 +28,18 @@ def test_a_write_to_a_closed_pipe_raises_broken_pipe(make_worker: Callable[..., 
     assert task.signal is None
 
 
+def test_a_task_starts_with_the_signal_dispositions_it_needs(
+        make_worker: Callable[..., Driver]) -> None:
+    """Whether set in the child (SIGINT, SIGTERM: the fork server ignores them) or once in
+    the fork server and inherited by every child (SIGPIPE, PARENT_DIED), the second task
+    of a worker (a spare forked after the first) sees the same as the first."""
+    driver = make_worker(1)
+    for _ in range(2):
+        task = _run(driver, "pgbg_test_tasks:signal_dispositions")
+        assert task.result == {"SIGINT": "default", "SIGTERM": "default",
+                               "SIGPIPE": "ignored", "PARENT_DIED": "kills its group"}
+
+
 @pytest.mark.parametrize(("module", "error"), [
     ("pgbg_test_import_exits", "exited with code 3"),
     ("pgbg_test_import_interrupts", "KeyboardInterrupt"),

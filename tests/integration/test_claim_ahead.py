@@ -10,6 +10,7 @@ from typing import Any
 
 import pgbg_test_tasks as tasks
 import psycopg
+import pytest
 from conftest import Driver
 
 import pgbg
@@ -79,3 +80,23 @@ def test_terminating_it_needs_no_process(make_worker: Callable[..., Driver], tmp
     release.touch()
     driver.until_done(blocking)
     assert pgbg.get_task(blocking).status is pgbg.TaskStatus.SUCCEEDED
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap (issue 13, item 2): the claim charges the attempt, and recovering a lost "
+    "worker's rows cannot tell a claim that never started from a started task whose pid is "
+    "not written yet; needs the claim/recovery SQL to mark a claim started"))
+def test_a_claim_never_started_is_not_charged_when_its_worker_dies(
+        make_worker: Callable[..., Driver], tmp_path: Path,
+        conn: psycopg.Connection[Any]) -> None:
+    driver, release, blocking = busy_worker(make_worker, tmp_path)
+    waiting = pgbg.run_in_background(tasks.add, "t", 1, 2)
+    claim_into_ready(driver, conn)
+    # The worker is presumed dead (its heartbeat long lapsed) and another one recovers.
+    conn.execute("UPDATE pgbg.worker SET heartbeat_at = now() - interval '1 hour' "
+                 "WHERE id = %s", (driver.worker.id,))
+    queries.task_recover_lost(conn, 1.0)
+    started, task = pgbg.get_task(blocking), pgbg.get_task(waiting)
+    release.touch()
+    assert (started.status, started.attempt) == (pgbg.TaskStatus.FAILED, 1)  # it ran: charged
+    assert (task.status, task.attempt) == (pgbg.TaskStatus.QUEUED, 0)
