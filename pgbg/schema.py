@@ -96,10 +96,11 @@ task = Table(
            Computed("status = 'succeeded'::pgbg.task_status", persisted=True), nullable=False),
     # Partial indexes over the live states only, so claiming and limit checks cost the
     # same whether the table holds a hundred finished tasks or ten million.
-    Index("task_claim_idx", text("priority DESC"), "queued_at", "id",
-          postgresql_where=text("status = 'queued'")),
-    # The claim's two streams (migration 0014): unlimited tasks in claim order, and tasks
-    # with limits grouped by them (a skip scan finds the groups, a probe each group's head).
+    # The claim's streams (migration 0014): unlimited tasks in claim order; tasks with
+    # limits grouped by them (a skip scan finds the groups, a probe each group's head), and
+    # in claim order for the walk when there are many groups.
+    Index("task_claim_limited_idx", text("priority DESC"), "queued_at", "id",
+          postgresql_where=text(f"status = 'queued' AND ({_FREE}) IS NOT TRUE")),
     Index("task_claim_free_idx", text("priority DESC"), "queued_at", "id",
           postgresql_where=text(f"status = 'queued' AND {_FREE}")),
     Index("task_claim_group_idx", text("coalesce(num_of_task_type::text, 'null')"),

@@ -177,35 +177,64 @@ CREATE FUNCTION pgbg.task_claim_walk(p_worker_id uuid, p_hostname text, p_max in
 RETURNS SETOF pgbg.task
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_limited CURSOR FOR
+        SELECT t.id, t.priority, t.queued_at, t.num_of_task_type AS lim, t.num_proc AS np,
+               {GROUP_KEY} AS k, {GROUP_PROCS} AS kp
+          FROM pgbg.task t
+         WHERE t.status = 'queued' AND {LIMITED} AND {DUE}
+         ORDER BY t.priority DESC, t.queued_at, t.id;
     v_row record;
+    v_more boolean;  -- v_row holds the next limited task
+    v_free record;
+    v_free_locking boolean := false;
+    v_id uuid;
+    v_taken boolean;
     v_task pgbg.task;
     v_counts jsonb;
     v_total integer;
     v_claimed integer := 0;
 BEGIN
     -- More groups than are worth probing one by one (a limit per customer, say): walk the
-    -- queue in claim order once, as the claim of 0011 did, reading what it passes over
-    -- instead of locking it; lock only the row taken (one another transaction has locked
-    -- is passed over, as SKIP LOCKED would).
+    -- limited tasks in claim order once, as the claim of 0011 walked the queue, reading
+    -- what it passes over instead of locking it, merged with the unlimited ones; lock only
+    -- the row taken (one another transaction has locked is passed over).
     PERFORM pg_advisory_xact_lock({ADVISORY_LOCK});
     SELECT c.counts, c.total INTO v_counts, v_total FROM pgbg.task_running_counts() c;
-    FOR v_row IN SELECT t.id, t.num_of_task_type AS lim, t.num_proc AS np,
-                        {GROUP_KEY} AS k, {GROUP_PROCS} AS kp FROM pgbg.task t
-                  WHERE t.status = 'queued' AND {DUE}
-                  ORDER BY t.priority DESC, t.queued_at, t.id
+    OPEN v_limited;
+    FETCH v_limited INTO v_row;
+    v_more := FOUND;
+    SELECT * INTO v_free FROM pgbg.task_free_head(false);
     LOOP
-        IF v_row.np IS NULL OR v_row.np < 0 OR NOT pgbg.type_limits_valid(v_row.lim) THEN
-            PERFORM pgbg.task_fail_malformed(v_row.k, v_row.kp);
-            CONTINUE;
+        IF v_more AND (v_free.id IS NULL OR v_row.priority > v_free.priority
+                OR (v_row.priority = v_free.priority
+                    AND (v_row.queued_at, v_row.id) < (v_free.queued_at, v_free.id))) THEN
+            v_id := v_row.id;
+            IF v_row.np IS NULL OR v_row.np < 0 OR NOT pgbg.type_limits_valid(v_row.lim) THEN
+                PERFORM pgbg.task_fail_malformed(v_row.k, v_row.kp);
+                v_id := NULL;
+            ELSIF NOT pgbg.limits_allow(v_row.lim, v_row.np, v_counts, v_total) THEN
+                v_id := NULL;
+            END IF;
+            FETCH v_limited INTO v_row;
+            v_more := FOUND;
+            CONTINUE WHEN v_id IS NULL;
+        ELSIF v_free.id IS NOT NULL THEN
+            v_id := v_free.id;
+        ELSE
+            EXIT;
         END IF;
-        CONTINUE WHEN NOT pgbg.limits_allow(v_row.lim, v_row.np, v_counts, v_total);
         UPDATE pgbg.task t SET {CLAIMED}
          WHERE t.id = (SELECT id FROM pgbg.task
-                        WHERE id = v_row.id AND status = 'queued'
+                        WHERE id = v_id AND status = 'queued'
                           AND (run_at IS NULL OR run_at <= now())
                         FOR UPDATE SKIP LOCKED)
         RETURNING * INTO v_task;
-        CONTINUE WHEN NOT FOUND;  -- locked by another transaction, or no longer queued
+        v_taken := FOUND;  -- else locked by another transaction, or no longer queued
+        IF v_id = v_free.id THEN
+            v_free_locking := v_free_locking OR NOT v_taken;
+            SELECT * INTO v_free FROM pgbg.task_free_head(v_free_locking);
+        END IF;
+        CONTINUE WHEN NOT v_taken;
         {TAKEN}
     END LOOP;
 END;
@@ -367,6 +396,11 @@ END;
 $$
 """
 
+# claim order among the limited tasks, for the walk (the index of all queued tasks, 0001's
+# task_claim_idx, is gone: with statistics from an emptier queue the planner chose it for
+# the unlimited stream and walked the limited tasks queued ahead)
+LIMITED_INDEX = f"""CREATE INDEX task_claim_limited_idx ON pgbg.task
+                    (priority DESC, queued_at, id) WHERE status = 'queued' AND {_bare(LIMITED)}"""
 GROUP_INDEX = f"""CREATE INDEX task_claim_group_idx ON pgbg.task
                   (({_bare(GROUP_KEY)}), ({_bare(GROUP_PROCS)}), priority DESC, queued_at, id)
                   WHERE status = 'queued' AND {_bare(LIMITED)}"""
@@ -399,9 +433,11 @@ def upgrade() -> None:
                f"CHECK ({TASK_CHECK})")
     op.execute(f"ALTER TABLE pgbg.periodic ADD CONSTRAINT periodic_num_of_task_type_length "
                f"CHECK ({PERIODIC_CHECK})")
+    op.execute("DROP INDEX pgbg.task_claim_limited_idx")
+    op.execute("DROP INDEX pgbg.task_claim_idx")
+    op.execute(LIMITED_INDEX)
     op.execute(GROUP_INDEX)
     op.execute(FREE_INDEX)
-    op.execute("DROP INDEX pgbg.task_claim_limited_idx")
     for function in (ALLOW_FUNCTION, COUNTS_FUNCTION, *HEAD_FUNCTIONS, FAIL_MALFORMED_FUNCTION,
                      WALK_FUNCTION, CLAIM_FUNCTION):
         op.execute(function)
@@ -409,6 +445,11 @@ def upgrade() -> None:
     # run under them
     op.execute(f"ALTER FUNCTION {CLAIM_SIGNATURE} SET plan_cache_mode = force_generic_plan")
     op.execute(f"ALTER FUNCTION {CLAIM_SIGNATURE} SET lock_timeout = '5s'")
+    # Every statement of the claim has an index that gives it its order; statistics from
+    # an emptier queue (a burst arrives faster than autoanalyze) must not make a sort or a
+    # sequential scan look cheaper: the claim's plans are cached for the session.
+    op.execute(f"ALTER FUNCTION {CLAIM_SIGNATURE} SET enable_sort = off")
+    op.execute(f"ALTER FUNCTION {CLAIM_SIGNATURE} SET enable_seqscan = off")
 
 
 def downgrade() -> None:
@@ -420,7 +461,10 @@ def downgrade() -> None:
                      "task_free_head(boolean)", "task_group_head(text, integer, boolean)",
                      "task_running_counts()", "limits_allow(jsonb, integer, jsonb, integer)"):
         op.execute(f"DROP FUNCTION pgbg.{function}")
+    op.execute("DROP INDEX pgbg.task_claim_limited_idx")
     op.execute(OLD_LIMITED_INDEX)
+    op.execute("CREATE INDEX task_claim_idx ON pgbg.task (priority DESC, queued_at, id) "
+               "WHERE status = 'queued'")
     op.execute("DROP INDEX pgbg.task_claim_free_idx")
     op.execute("DROP INDEX pgbg.task_claim_group_idx")
     op.execute("ALTER TABLE pgbg.periodic DROP CONSTRAINT periodic_num_of_task_type_length")

@@ -223,3 +223,36 @@ def test_a_malformed_row_fails_alone_when_the_claim_walks(
     task = pgbg.get_task(bad)
     assert task.status is pgbg.TaskStatus.FAILED and task.attempt == 0
     assert task.error is not None and "cannot run: malformed" in task.error
+
+
+def test_the_claim_stays_cheap_when_a_backlog_arrives_after_the_statistics(
+        database_url: str) -> None:
+    """The statistics, and a worker's cached plans, are from when the queue was nearly
+    empty; then a retrieve queues 20,000 imports at once. The claim must not turn to an
+    index or a sort that walks them (the planner, trusting the statistics, had)."""
+    for i in range(300):
+        pgbg.run_in_background(tasks.add, "old", i, i)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE pgbg.task SET status = 'succeeded', finished_at = now()")
+        conn.execute("VACUUM ANALYZE pgbg.task")
+    with psycopg.connect(database_url) as worker:  # a worker's session: plans made now
+        worker.execute(STEP, (uuid.uuid4(), 4))
+        worker.rollback()
+        _queue_imports(20_000)
+        _start_one(worker)
+        worker.commit()
+        for i in range(20):
+            pgbg.run_in_background(tasks.add, "query", i, i)
+        costs = []
+        for _ in range(2):  # blocked, then with the import slot free
+            worker.execute(STEP, (uuid.uuid4(), 4))
+            fetched = worker.execute(
+                "SELECT coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0)"
+                "  FROM pg_stat_xact_user_tables WHERE relid = 'pgbg.task'::regclass"
+            ).fetchone()[0]
+            costs.append(fetched)
+            worker.rollback()
+            worker.execute("UPDATE pgbg.task SET status = 'succeeded', finished_at = now()"
+                           " WHERE status = 'running'")
+            worker.commit()
+    assert max(costs) <= 64, costs

@@ -89,7 +89,7 @@ def test_claim_uses_partial_index_on_large_history(conn: psycopg.Connection[Any]
                  "VALUES (gen_random_uuid(), 't', 'm:f')")
     conn.execute("ANALYZE pgbg.task")
     plan = "\n".join(row[0] for row in conn.execute(
-        "EXPLAIN SELECT id FROM pgbg.task WHERE status = 'queued' "
-        "ORDER BY priority DESC, queued_at, id LIMIT 1"))
-    assert "task_claim_idx" in plan, plan
+        "EXPLAIN SELECT id FROM pgbg.task WHERE status = 'queued' AND num_proc = 0 "
+        "AND num_of_task_type = '{}'::jsonb ORDER BY priority DESC, queued_at, id LIMIT 1"))
+    assert "task_claim_free_idx" in plan, plan  # the claim's stream of unlimited tasks
     assert "Seq Scan" not in plan, plan
