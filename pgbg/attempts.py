@@ -145,9 +145,11 @@ class Ledger:
         return [a for a in self._attempts.values() if a.phase in phases]
 
     def slots_taken(self) -> int:
-        """Slots to count when claiming: an attempt that has reported is as good as gone
-        (its next task is claimed while it exits)."""
-        return len(self.in_phase(Phase.WAITING, Phase.RUNNING))
+        """Slots to count when claiming: every attempt whose process may still run, and
+        those waiting to start. A slot's next task is claimed only once its process has
+        exited: a claim made ahead of a free slot, were the worker to die before starting
+        it, would be charged an attempt for a task that never ran."""
+        return len(self.in_phase(Phase.WAITING, *ALIVE))
 
     def live(self) -> int:
         """Processes that have not exited: a new one starts only below the concurrency."""

@@ -1,6 +1,8 @@
-"""A task claimed for a slot whose child is still exiting waits, unstarted, in the worker:
-it starts when the slot frees, goes back to the queue if the worker stops first, and is
-terminated without a process if someone asks."""
+"""A task claimed but not yet started waits in the worker (for a spare child, or for the
+old process of a recovered task): it starts when it can, goes back to the queue if the
+worker stops first, and is terminated without a process if someone asks. The tests put a
+claim there by hand, beside a busy slot. The worker itself claims only for slots whose
+process has exited (``Ledger.slots_taken``), never ahead of them."""
 
 from __future__ import annotations
 
@@ -83,9 +85,11 @@ def test_terminating_it_needs_no_process(make_worker: Callable[..., Driver], tmp
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "known gap (issue 13, item 2): the claim charges the attempt, and recovering a lost "
-    "worker's rows cannot tell a claim that never started from a started task whose pid is "
-    "not written yet; needs the claim/recovery SQL to mark a claim started"))
+    "the claim-to-start window: a claim is charged when it commits, and recovering a lost "
+    "worker's rows cannot tell one not yet handed to a child from a started task whose pid "
+    "is not written yet; closing it takes a durable start mark before the function runs, "
+    "a round trip per task. The worker no longer claims ahead of a free slot (issue 13), "
+    "so the window is the handing-over, not a child's exit"))
 def test_a_claim_never_started_is_not_charged_when_its_worker_dies(
         make_worker: Callable[..., Driver], tmp_path: Path,
         conn: psycopg.Connection[Any]) -> None:
