@@ -73,6 +73,17 @@ TAKEN = """RETURN NEXT v_task;
         EXIT WHEN v_claimed >= p_max;"""
 
 
+def _claim_one(task_id: str) -> str:
+    """Claim (plpgsql) the task whose id is in ``task_id``, into ``v_task``, if it is still
+    queued and due and no other transaction holds it: FOUND says whether it was."""
+    return f"""UPDATE pgbg.task t SET {CLAIMED}
+         WHERE t.id = (SELECT id FROM pgbg.task
+                        WHERE id = {task_id} AND status = 'queued'
+                          AND (run_at IS NULL OR run_at <= now())
+                        FOR UPDATE SKIP LOCKED)
+        RETURNING * INTO v_task;"""
+
+
 def _bare(expression: str) -> str:
     """An expression of the statements above as an index names it: without ``t.``."""
     return expression.replace("t.", "")
@@ -223,12 +234,7 @@ BEGIN
         ELSE
             EXIT;
         END IF;
-        UPDATE pgbg.task t SET {CLAIMED}
-         WHERE t.id = (SELECT id FROM pgbg.task
-                        WHERE id = v_id AND status = 'queued'
-                          AND (run_at IS NULL OR run_at <= now())
-                        FOR UPDATE SKIP LOCKED)
-        RETURNING * INTO v_task;
+        {_claim_one('v_id')}
         v_taken := FOUND;  -- else locked by another transaction, or no longer queued
         IF v_id = v_free.id THEN
             v_free_locking := v_free_locking OR NOT v_taken;
@@ -369,12 +375,7 @@ BEGIN
         END LOOP;
         EXIT WHEN v_best IS NULL;
 
-        UPDATE pgbg.task t SET {CLAIMED}
-         WHERE t.id = (SELECT id FROM pgbg.task
-                        WHERE id = v_best_id AND status = 'queued'
-                          AND (run_at IS NULL OR run_at <= now())
-                        FOR UPDATE SKIP LOCKED)
-        RETURNING * INTO v_task;
+        {_claim_one('v_best_id')}
         IF FOUND THEN
             {TAKEN}
         ELSIF v_best = 0 THEN  -- locked by another transaction, or gone: from now on
