@@ -16,8 +16,11 @@ that LISTENs to new tasks (``queries.worker_duty_take`` / ``worker_duty_release`
   one hand-over at a time. A worker told while it had no slot free only remembers that
   the duty is free: it claims anyway once a slot frees, and a claim made for a freed slot
   never hands the duty on, so a saturated queue does not pass it round with every task.
-- The poll stays the fallback: a worker with a slot free claims at every poll, and tries
-  the duty then too (a holder whose connection died freed the lock without a word).
+- A holder that loses its connection says the duty is free once it has reconnected; one
+  that dies cannot: its lock goes with its session, without a word. So a worker with a slot
+  free also tries the duty at every heartbeat: a dead holder costs the others at most a
+  heartbeat interval of deafness (a task is never lost: a worker with a slot free claims
+  at every poll too).
 
 The bound: one enqueue leads to one claim step if the worker on duty has a slot free, else
 to one hand-over (a statement by the holder, a try by each worker with a slot free) and
@@ -78,7 +81,15 @@ class Duty:
         if self.held and answering and full:
             self.hand_on = True
 
-    def lost(self) -> None:
-        """The connection is gone, and the lock with it."""
+    def lost(self) -> bool:
+        """The connection is gone, and the lock with it; True if it was held (then say, once
+        connected again, that the duty is free)."""
+        held = self.held
         self.held = self.hand_on = self.heard = self.more = False
         self.free = True
+        return held
+
+    def heartbeat(self) -> None:
+        """A try at the next chance, whatever was heard: a holder that died freed the lock
+        without a word."""
+        self.next_try = 0.0

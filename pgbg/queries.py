@@ -358,8 +358,19 @@ def worker_duty_take(conn: psycopg.Connection[Any]) -> bool:
     row = conn.execute("SELECT pg_try_advisory_lock(%s)", (DUTY_LOCK,)).fetchone()
     if not (row and row[0]):
         return False
-    conn.execute(f"LISTEN {notify.QUEUED}")
+    try:
+        conn.execute(f"LISTEN {notify.QUEUED}")
+    except psycopg.Error:
+        # not held by halves: session locks stack, a second take would outlive one unlock
+        if not conn.broken:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (DUTY_LOCK,))
+        raise
     return True
+
+
+def worker_duty_freed(conn: psycopg.Connection[Any]) -> None:
+    """Say that the duty is free: its holder lost the connection that held it."""
+    conn.execute("SELECT pg_notify(%s, '')", (notify.DUTY,))
 
 
 def worker_duty_release(conn: psycopg.Connection[Any]) -> None:

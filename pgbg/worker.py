@@ -333,6 +333,7 @@ class Worker:
                 logger.warning("this worker had been presumed dead; registered again",
                                extra={"worker_id": str(self.id)})
             self._sup.renew_lease(sent_at)
+            self._duty.heartbeat()
             self._drop_not_ours()
             self._sup.start_waiting()  # what waited for the lease (and is still ours)
             self._db.release_unknown(self._ledger.known_ids())
@@ -388,10 +389,12 @@ class Worker:
         if not self._db.reconnect():
             return
         self._want_claim = True
-        self._duty.lost()  # the new connection LISTENs to nothing new until it takes it
+        held = self._duty.lost()  # the new connection LISTENs to nothing new until it takes it
         self._next_heartbeat = self._next_cancel_check = 0.0
         try:
-            self._db.fence_old_backend()
+            self._db.fence_old_backend()  # the old backend's lock is gone with it, if not before
+            if held:  # the others hear it, not only at their heartbeat
+                self._db.duty_freed()
             self._db.release_unknown(self._ledger.known_ids())
         except Exception as exc:  # the heartbeat releases them later
             self._db.failed("the release after reconnecting", exc)

@@ -347,6 +347,9 @@ class WorkerDatabase:
     def duty_release(self) -> None:
         queries.worker_duty_release(self.conn)
 
+    def duty_freed(self) -> None:
+        queries.worker_duty_freed(self.conn)
+
     def notifications(self) -> list[psycopg.Notify]:
         return self._inbox.take() if self._inbox is not None else []
 

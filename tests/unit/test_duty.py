@@ -62,3 +62,19 @@ def test_a_loser_tries_again_at_its_poll_and_a_stopping_holder_lets_go() -> None
     assert not duty.should_take(can_claim=True, now=4.0)
     assert duty.should_take(can_claim=True, now=5.0)
     assert held().should_release(stopping=True)
+
+
+def test_a_heartbeat_makes_a_worker_with_a_free_slot_try_the_duty_again() -> None:
+    duty = Duty()
+    duty.taken(False, now=0.0, poll_interval=3600.0)  # lost the try: next at the poll
+    assert not duty.should_take(True, 10.0)
+    duty.heartbeat()  # the holder may have died, freeing the lock without a word
+    assert duty.should_take(True, 10.0) and not duty.should_take(False, 10.0)
+
+
+def test_a_lost_connection_says_whether_the_duty_went_with_it() -> None:
+    duty = Duty()
+    assert duty.lost() is False
+    duty.taken(True, now=0.0, poll_interval=5.0)
+    assert duty.lost() is True  # then the worker says the duty is free
+    assert not duty.held and duty.free
