@@ -78,8 +78,9 @@ def _analyze(url: str) -> None:
 
 
 def _assert_flat(small: Cost, large: Cost) -> None:
-    # A btree over 20,000 rows may be one level deeper than over 200: a few buffers more.
-    assert large.buffers <= small.buffers + 12, (small, large)
+    # A btree over 20,000 rows may be one level deeper than over 200: a buffer more for
+    # each of the step's index descents (about twenty); the old claim read 20,000 more.
+    assert large.buffers <= small.buffers + 32, (small, large)
     assert large.rows_fetched <= small.rows_fetched + 2, (small, large)
     assert large.wal_records <= small.wal_records + 2, (small, large)
     # and in absolute terms: the old claim fetched and locked every one of the 20,000
