@@ -160,7 +160,13 @@ async def run(operation: queries.Operation[T], connection: Any = None, *,
                 async with conn.transaction():
                     return await drive(operation, own.execute)
             except psycopg.OperationalError:
-                await own.drop()  # reconnect on the next call
+                own.stale = True  # reconnect on the next call
+                raise
+            except BaseException:
+                # cancelled (or interrupted) mid-statement: the connection's state is
+                # unknown, so the next call starts on a new one
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    own.stale = True
                 raise
 
 
@@ -210,10 +216,11 @@ class _Own:
     conn: psycopg.AsyncConnection[Any] | None = None
     configured: int = -1  # db.configured() when it connected
     isolation: str | None = None  # the server's default_transaction_isolation
+    stale: bool = False  # its state is unknown (lost, or a statement cut short): replace it
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         if (self.conn is not None and not self.conn.closed and not self.conn.broken
-                and self.configured == db.configured()):
+                and not self.stale and self.configured == db.configured()):
             return self.conn
         await self.drop()
         configured = db.configured()
@@ -223,7 +230,7 @@ class _Own:
         with db.unavailable(target):
             conn = await psycopg.AsyncConnection.connect(target, **options)
         await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
-        self.conn, self.configured, self.isolation = conn, configured, None
+        self.conn, self.configured, self.isolation, self.stale = conn, configured, None, False
         return conn
 
     async def execute(self, statement: queries.Statement) -> list[Any]:
@@ -251,7 +258,10 @@ class _Own:
     async def drop(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None and not conn.closed:
-            await conn.close()
+            try:
+                await conn.close()
+            except psycopg.Error:  # it was broken: closed all the same
+                pass
 
 
 _owned: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Own] = (

@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 
 from pgbg import db, notify, queries
-from pgbg.exceptions import DatabaseUnavailable, SchemaMissing, TaskNotFound
+from pgbg.exceptions import DatabaseError, DatabaseUnavailable, SchemaMissing, TaskNotFound
 from pgbg.models import BackgroundTask, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -445,7 +445,8 @@ def _answer(waiter: Waiter) -> BackgroundTask:
         if isinstance(waiter.error, (psycopg.errors.UndefinedTable,
                                      psycopg.errors.InvalidSchemaName)):
             raise SchemaMissing() from waiter.error
-        raise waiter.error
+        raise DatabaseError(f"the database refused to read task {waiter.task_id}: "
+                            f"{type(waiter.error).__name__}: {waiter.error}") from waiter.error
     assert waiter.row is not None
     return waiter.row
 

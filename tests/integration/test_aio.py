@@ -287,3 +287,40 @@ def test_cancelling_an_await_leaves_no_waiter_behind(conn: psycopg.Connection[An
 
     arun(scenario())
     assert waiters.waiting_count() == 0
+
+
+def test_a_call_cancelled_mid_statement_leaves_the_next_one_working(
+        database_url: str, conn: psycopg.Connection[Any]) -> None:
+    queued = pgbg.run_in_background(tasks.add, "t", 1, 1)
+    holder = psycopg.connect(database_url)
+    holder.execute("SELECT 1 FROM pgbg.task WHERE id = %s FOR UPDATE", (queued.id,))
+
+    async def scenario() -> pgbg.TaskStatus:
+        await aio.get_task(queued)  # the loop's connection exists
+        own = aio._own()
+        assert own.conn is not None
+        backend = own.conn.info.backend_pid
+        removing = asyncio.create_task(aio.remove_task_from_queue(queued))
+
+        def blocked() -> bool:
+            row = conn.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                               (backend,)).fetchone()
+            return row is not None and row[0] == "Lock"
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while not blocked():  # until the UPDATE waits for the row lock
+            assert asyncio.get_running_loop().time() < deadline, "the UPDATE never blocked"
+            await asyncio.sleep(0.01)
+        removing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await removing
+        holder.rollback()
+        assert (await aio.run_in_background(tasks.add, "t", 2, 2)).id
+        return (await aio.get_task(queued)).status
+
+    try:
+        status = arun(scenario())
+    finally:
+        holder.close()
+    assert status in (pgbg.TaskStatus.QUEUED, pgbg.TaskStatus.CANCELLED)
+    assert count_tasks(conn) == 2
