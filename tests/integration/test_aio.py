@@ -18,10 +18,10 @@ import pytest
 import sqlalchemy as sa
 from conftest import WorkerProcess, count_tasks, wait_for
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from test_waiting import MAX_CONNECTIONS, Waiters, _pgbg_connections
+from test_waiting import MAX_CONNECTIONS, Waiters, _finish, _listener, _pgbg_connections
 
 import pgbg
-from pgbg import aio, waiters
+from pgbg import aio, db, waiters
 
 T = TypeVar("T")
 
@@ -324,3 +324,37 @@ def test_a_call_cancelled_mid_statement_leaves_the_next_one_working(
         holder.close()
     assert status in (pgbg.TaskStatus.QUEUED, pgbg.TaskStatus.CANCELLED)
     assert count_tasks(conn) == 2
+
+
+@pytest.mark.listen
+def test_async_waiters_survive_a_lost_listener(conn: psycopg.Connection[Any],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tasks end (their NOTIFYs unheard) while the waiting connection is down: every
+    async waiter still returns, long before the fallback read."""
+    monkeypatch.setattr(waiters, "WAIT_POLL_INTERVAL", 3600.0)
+    results = [pgbg.run_in_background(tasks.add, "t", i, 1) for i in range(50)]
+    real_connect = db.connect
+    go, reconnecting = threading.Event(), threading.Event()
+
+    def held_connect(*args: Any, **kwargs: Any) -> psycopg.Connection[Any]:
+        if threading.current_thread().name == "pgbg-waiters" and waiters._current and \
+                waiters._current.conn is None and waiters.waiting_count():
+            reconnecting.set()
+            go.wait(60)
+        return real_connect(*args, **kwargs)
+
+    async def scenario() -> list[Any]:
+        pending = [asyncio.create_task(aio.wait_task(r, timeout=60)) for r in results]
+        await asyncio.sleep(0)  # a scheduling step: each registers on its first run
+        wait_for(lambda: waiters.waiting_count() == len(results), message="registered")
+        backend = await asyncio.to_thread(lambda: _listener().info.backend_pid)
+        monkeypatch.setattr(db, "connect", held_connect)
+        conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        await asyncio.to_thread(wait_for, reconnecting.is_set)
+        _finish(conn, results)  # nobody listens: these notifications are lost
+        go.set()
+        return list(await asyncio.gather(*pending))
+
+    rows = arun(scenario())
+    assert [row.status for row in rows] == [pgbg.TaskStatus.SUCCEEDED] * len(results)
+    assert [row.id for row in rows] == [r.id for r in results]
