@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from conftest import WorkerProcess, count_tasks, wait_for
+from conftest import WorkerProcess, alive, count_tasks, wait_for
 
 import pgbg
 
@@ -36,13 +36,6 @@ def example(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]
     yield app.app
     database.engine.cache_clear()
 
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 async def _session(app: Any, scenario: Callable[[httpx.AsyncClient], Any]) -> Any:
@@ -110,4 +103,4 @@ def test_the_fastapi_example_end_to_end(example: Any, conn: psycopg.Connection[A
         return stopped.json()
 
     assert asyncio.run(_session(example, terminate))["status"] == "terminated"
-    wait_for(lambda: _gone(pid), timeout=10, message="the task's process to be gone")
+    wait_for(lambda: not alive(pid), timeout=10, message="the task's process to be gone")

@@ -4,7 +4,6 @@ sync API's validation, serialisation and statements."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import threading
 import uuid
@@ -16,7 +15,7 @@ import pgbg_test_tasks as tasks
 import psycopg
 import pytest
 import sqlalchemy as sa
-from conftest import WorkerProcess, count_tasks, wait_for
+from conftest import WorkerProcess, alive, count_tasks, wait_for
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from test_waiting import MAX_CONNECTIONS, Waiters, _finish, _listener, _pgbg_connections
 
@@ -29,13 +28,6 @@ T = TypeVar("T")
 def arun(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_enqueue_wait_and_get(worker_process: Callable[..., WorkerProcess]) -> None:
@@ -90,7 +82,7 @@ def test_terminate_a_running_task(worker_process: Callable[..., WorkerProcess],
     wait_for(lambda: pgbg.get_task(result).pid == child_pid, message="the pid on the row")
     row = arun(aio.terminate_background(result, timeout=60))
     assert row.status is pgbg.TaskStatus.TERMINATED and row.signal == signal.SIGTERM
-    wait_for(lambda: _gone(child_pid) and _gone(grandchild_pid), timeout=10,
+    wait_for(lambda: not alive(child_pid) and not alive(grandchild_pid), timeout=10,
              message="the task's process group to be gone")
 
 
