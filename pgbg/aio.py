@@ -21,9 +21,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -76,8 +75,8 @@ async def enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Seque
         num_proc=num_proc, num_of_task_type=num_of_task_type, timeout=timeout,
         max_attempts=max_attempts, run_at=run_at, delay=delay, retry_on=retry_on,
         retry_backoff=retry_backoff)
-    await run(api.enqueue_many_operation(batches), connection, transaction=True,
-              refused=EnqueueFailed)
+    await run(api.enqueue_many_operation(batches), connection,
+              transaction=len(batches) > 1, refused=EnqueueFailed)
     return [Result(i) for i in ids]
 
 
@@ -112,8 +111,7 @@ async def wait_task(task: object, timeout: float | None = None) -> BackgroundTas
     """Until the task is complete: its row (``TimeoutError`` after ``timeout`` seconds).
     Cancelling the await stops only the wait."""
     tid = api.task_id(task)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    return await waiters.wait_async(tid, deadline)
+    return await waiters.wait_async(tid, api.deadline(timeout))
 
 
 async def remove_task_from_queue(task: object) -> None:
@@ -126,6 +124,7 @@ async def terminate_background(task: object, *, wait: bool = True,
     """``pgbg.terminate_background``, awaitable: the process group of a running task is
     killed by its worker; with ``wait``, returns once the row is terminal."""
     tid = api.task_id(task)
+    api.deadline(timeout)  # checked before anything is done
     row = await run(api.terminate_operation(tid, api.requester()))
     if wait and not row.status.is_terminal:
         return await wait_task(tid, timeout)
@@ -149,6 +148,9 @@ async def run(operation: queries.Operation[T], connection: Any = None, *,
     if connection is not None:
         execute = executor(connection)
         with api.database_errors(refused):
+            if transaction and api.autocommitting(connection):
+                async with connection.transaction():
+                    return await drive(operation, execute)
             return await drive(operation, execute)
     own = _own()
     async with own.lock:
@@ -186,7 +188,9 @@ def executor(connection: Any) -> AsyncExecute:
     if isinstance(connection, psycopg.AsyncConnection):
         async def execute_psycopg(statement: queries.Statement) -> list[Any]:
             cur = await connection.execute(statement.sql, statement.params)
-            return await cur.fetchall() if cur.description else []
+            fetched = await cur.fetchall() if cur.description else []
+            return [tuple(row.values()) if isinstance(row, Mapping) else row
+                    for row in fetched]
         return execute_psycopg
     sqlalchemy_async = sys.modules.get("sqlalchemy.ext.asyncio")
     if sqlalchemy_async is not None and isinstance(connection, (
@@ -196,8 +200,9 @@ def executor(connection: Any) -> AsyncExecute:
                     if isinstance(connection, sqlalchemy_async.AsyncSession) else connection)
             return api.rows(await conn.exec_driver_sql(statement.sql, dict(statement.params)))
         return execute_sqlalchemy
-    if isinstance(connection, psycopg.Connection) or hasattr(connection, "cursor") or hasattr(
-            connection, "exec_driver_sql") or hasattr(connection, "get_bind"):
+    if not api.is_async(connection) and (
+            hasattr(connection, "cursor") or hasattr(connection, "exec_driver_sql")
+            or hasattr(connection, "get_bind")):
         raise InvalidOption(f"connection= of pgbg.aio must be an async connection (psycopg "
                             f"AsyncConnection, SQLAlchemy AsyncConnection or AsyncSession), "
                             f"not a {type(connection).__name__}, which would block the "
@@ -217,6 +222,7 @@ class _Own:
     configured: int = -1  # db.configured() when it connected
     isolation: str | None = None  # the server's default_transaction_isolation
     stale: bool = False  # its state is unknown (lost, or a statement cut short): replace it
+    closer: AsyncGenerator[None, None] | None = None  # see ``_closer``
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         if (self.conn is not None and not self.conn.closed and not self.conn.broken
@@ -231,6 +237,9 @@ class _Own:
             conn = await psycopg.AsyncConnection.connect(target, **options)
         await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
         self.conn, self.configured, self.isolation, self.stale = conn, configured, None, False
+        if self.closer is None:  # started once per loop: the loop then tracks it
+            self.closer = closer = _closer(self)
+            await anext(closer)
         return conn
 
     async def execute(self, statement: queries.Statement) -> list[Any]:
@@ -255,6 +264,12 @@ class _Own:
         cur = await self.conn.execute(statement.sql, statement.params)
         return await cur.fetchall() if cur.description else []
 
+    def abandon(self) -> None:
+        """Its loop is closed: no coroutine can run there; close the socket as it is."""
+        conn, self.conn = self.conn, None
+        if conn is not None and not conn.closed:
+            conn.pgconn.finish()
+
     async def drop(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None and not conn.closed:
@@ -272,8 +287,22 @@ def _own() -> _Own:
     loop = asyncio.get_running_loop()
     own = _owned.get(loop)
     if own is None:
+        for old, gone in [(old, o) for old, o in _owned.items() if old.is_closed()]:
+            gone.abandon()  # a loop closed without shutting its async generators down
+            del _owned[old]
         own = _owned[loop] = _Own()
     return own
+
+
+async def _closer(own: _Own) -> AsyncGenerator[None, None]:
+    """Closes ``own``'s connection when its loop shuts down: an async generator is what
+    ``asyncio.run`` (and every runner built on it: uvicorn, anyio, pytest's) finalises
+    before it closes the loop. A loop per call (``async_to_sync``, a script calling
+    ``asyncio.run`` in a loop) thus leaves no connection behind."""
+    try:
+        yield
+    finally:
+        await own.drop()
 
 
 def _after_fork_in_child() -> None:

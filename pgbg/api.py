@@ -17,7 +17,7 @@ import sys
 import time
 import types
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -185,6 +185,9 @@ def run(operation: queries.Operation[T], connection: Any = None, *, join: bool =
                 return queries.run(conn, operation)
     execute = executor(connection)
     with database_errors(refused):
+        if transaction and autocommitting(connection):
+            with connection.transaction():
+                return queries.drive(operation, lambda statement: execute(*statement[:2]))
         return queries.drive(operation, lambda statement: execute(*statement[:2]))
 
 
@@ -302,7 +305,8 @@ def enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Sequence[An
         num_proc=num_proc, num_of_task_type=num_of_task_type, timeout=timeout,
         max_attempts=max_attempts, run_at=run_at, delay=delay, retry_on=retry_on,
         retry_backoff=retry_backoff)
-    run(enqueue_many_operation(batches), connection, transaction=True, refused=EnqueueFailed)
+    run(enqueue_many_operation(batches), connection, transaction=len(batches) > 1,
+        refused=EnqueueFailed)
     return [Result(i) for i in ids]
 
 
@@ -318,6 +322,8 @@ def prepare_enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Seq
                          ) -> tuple[list[uuid.UUID], list[dict[str, Any]]]:
     """``enqueue_many``'s arguments validated and serialised: the tasks' ids and the
     batches' insert parameters. Touches nothing."""
+    args_list = _calls("args_list", args_list)
+    kwargs_list = None if kwargs_list is None else _calls("kwargs_list", kwargs_list)
     if kwargs_list is not None and len(kwargs_list) != len(args_list):
         raise InvalidOption(f"kwargs_list has {len(kwargs_list)} items, args_list "
                             f"{len(args_list)}")
@@ -341,6 +347,14 @@ def prepare_enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Seq
 def enqueue_many_operation(batches: Sequence[dict[str, Any]]) -> queries.Operation[None]:
     for batch in batches:
         yield from queries.task_insert_many(batch)
+
+
+def _calls(name: str, values: object) -> list[Any]:
+    """One item per call, from any iterable but a string or a mapping."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise InvalidOption(f"{name} must be a list with one item per task, not "
+                            f"{type(values).__name__}")
+    return list(values)
 
 
 BULK_BATCH = 5000
@@ -576,15 +590,22 @@ def _check_kwargs(values: Mapping[str, Any]) -> None:
 
 
 def rows(result: Any) -> list[Any]:
-    """The rows of a statement's result, or none if it returns no rows."""
+    """The rows of a statement's result (each indexable by position, whatever the
+    caller's row factory: a mapping row becomes its values), or none if it returns none."""
     description = getattr(result, "description", None)
     if description is None and hasattr(result, "returns_rows"):
-        return list(result.fetchall()) if result.returns_rows else []
-    return list(result.fetchall()) if description else []
+        fetched = list(result.fetchall()) if result.returns_rows else []
+    else:
+        fetched = list(result.fetchall()) if description else []
+    return [tuple(row.values()) if isinstance(row, Mapping) else row for row in fetched]
 
 
 def executor(connection: Any) -> queries.Executor:
     """Run pgbg's statement inside the caller's transaction, whatever the connection type."""
+    if is_async(connection):
+        raise InvalidOption(f"connection= is an async {type(connection).__name__}, which a "
+                            "sync call cannot use: await pgbg.aio's functions (or a task's "
+                            ".aenqueue) with it")
     if isinstance(connection, psycopg.Connection):
         return lambda sql, params: rows(connection.execute(sql, params))
     if hasattr(connection, "exec_driver_sql"):  # SQLAlchemy Connection
@@ -603,6 +624,19 @@ def executor(connection: Any) -> queries.Executor:
         return execute
     raise InvalidOption(f"connection= must be a database connection or SQLAlchemy session, "
                         f"not {type(connection).__name__}")
+
+
+def is_async(connection: object) -> bool:
+    """Whether ``connection`` is an async one (psycopg's, SQLAlchemy's, asyncpg's, ...)."""
+    return inspect.iscoroutinefunction(getattr(type(connection), "execute", None))
+
+
+def autocommitting(connection: Any) -> bool:
+    """Whether each statement on the caller's psycopg ``connection`` would commit alone
+    (autocommit, outside a transaction block): several must then be made one."""
+    return (isinstance(connection, (psycopg.Connection, psycopg.AsyncConnection))
+            and connection.autocommit
+            and connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
 
 
 # -- reading tasks ------------------------------------------------------------------
@@ -644,8 +678,18 @@ def wait_task(task: object, timeout: float | None = None) -> BackgroundTask:
     restart it waits on, until its timeout.
     """
     tid = task_id(task)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    return waiters.wait(tid, deadline)
+    return waiters.wait(tid, deadline(timeout))
+
+
+def deadline(timeout: object) -> float | None:
+    """The monotonic time a wait of ``timeout`` seconds (None: no limit) ends."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not _finite(timeout) or timeout < 0:
+        raise InvalidOption(f"timeout must be a number of seconds >= 0 (or None), "
+                            f"not {_short(timeout)}")
+    return time.monotonic() + float(timeout)
 
 
 def get_queued_tasks(task_type: str | None = None) -> list[QueuedTask]:
@@ -695,6 +739,7 @@ def terminate_background(task: object, *, wait: bool = True,
     otherwise wait for).
     """
     tid = task_id(task)
+    deadline(timeout)  # checked before anything is done
     row = run(terminate_operation(tid, requester()), join=False)
     if wait and not row.status.is_terminal:
         return wait_task(tid, timeout)

@@ -188,18 +188,20 @@ def _isolate(parent_pid: int) -> None:
 
 def _run_coroutine(coroutine: Coroutine[Any, Any, Any]) -> Any:
     """Run an ``async def`` task to its end in a new event loop: uvloop's when it is
-    installed, else asyncio's. The child is the loop's only user and exits after it, so a
-    terminate (the whole process group killed) needs nothing of the loop."""
+    installed, else asyncio's. Its value is the task's as soon as the coroutine returns:
+    the loop is never closed, so what the task left behind (tasks that ignore their
+    cancellation, executor threads) ends with the process, as a sync task's threads do.
+    A terminate kills the whole process group, loop and all."""
     import asyncio  # here: a child of a sync task never pays for it
 
     try:
         import uvloop  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
-        factory = None
+        loop = asyncio.new_event_loop()
     else:
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coroutine)
+        loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop.run_until_complete(coroutine)
 
 
 def _call(task: dict[str, Any], allow: Sequence[str] | None = None,

@@ -23,10 +23,11 @@ class Event(NamedTuple):
     """``kind``: "message" (``value``: a report, in order), "output" (a list of texts,
     always before the report that follows them), "gone" (its slot is free), "exited"
     (``value``: its wait status; it is no longer in ``running``), "lost" (it died with
-    the fork server, which has been restarted; no longer in ``running``)."""
+    the fork server, which has been restarted; no longer in ``running``), "ready" (the
+    fork server has imported the worker's task modules; ``child`` is None)."""
 
     kind: str
-    child: Attempt
+    child: Attempt | None
     value: Any = None
 
 
@@ -41,8 +42,11 @@ class Children:
         self.registered_only = registered_only  # only @pgbg.task functions of ``imports``
         self.imports = imports  # task modules the fork server imports before it forks
         # With registered_only: the names the fork server's imports declared (each child
-        # checks again); None: any name.
+        # checks again); None: any name (or not known yet: the children check alone).
         self.declared: frozenset[str] | None = None
+        self._declaring: set[str] = set()  # names announced so far
+        # The fork server could not import ``imports``: the worker stops (one line).
+        self.failure: str | None = None
         self.output_limit = output_limit  # bytes of each task's stdout/stderr kept
         self.running: dict[int, Attempt] = {}  # by pid: handed to a spare, until reaped
         self._client: forkserver.Client | None = None
@@ -53,6 +57,12 @@ class Children:
         self._lease_until: float | None = None  # monotonic; see ``lease``
 
     @property
+    def ready(self) -> bool:
+        """Whether a task can start: the fork server runs and has imported the task
+        modules (until then it forks no spare; a claim would only hold the task)."""
+        return self._client is not None and not self._client.importing
+
+    @property
     def server_pid(self) -> int | None:
         return self._client.process.pid if self._client else None
 
@@ -61,7 +71,7 @@ class Children:
         self._client = forkserver.Client(database_url, allow=self.allow,
                                          registered_only=self.registered_only,
                                          imports=self.imports)
-        self.declared = self._client.declared
+        self.declared, self._declaring = None, set()  # until its imports are done
         self.selector.register(self._client.fileno(), selectors.EVENT_READ, "events")
         self._preloaded.clear()
         self._generation = 0
@@ -134,6 +144,8 @@ class Children:
     def _read_server(self, events: list[Event]) -> None:
         assert self._client is not None
         news = self._client.read()
+        if news is None and self.failure is not None:
+            return  # it could not import the task modules: the worker is stopping
         if news is None:  # it died, and its children with it (parent-death signal)
             logger.error("the fork server died; restarting it",
                          extra={"running": len(self.running)})
@@ -155,6 +167,15 @@ class Children:
                     self._spares.append(item)
             elif item["ev"] == "exited":
                 self._reaped(item["pid"], item["status"], events)
+            elif item["ev"] == "declared":
+                self._declaring.update(item["names"])
+            elif item["ev"] == "imported" and item["error"] is not None:
+                from pgbg.db import mask_url
+
+                self.failure = mask_url(str(item["error"]))
+            elif item["ev"] == "imported":
+                self.declared = frozenset(self._declaring) if self.registered_only else None
+                events.append(Event("ready", None))
 
     def _gone(self, child: Attempt, events: list[Event]) -> None:
         """Its process has exited: its last words are in its pipes, its slot is free."""

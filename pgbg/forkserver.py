@@ -43,7 +43,6 @@ import gc
 import importlib
 import json
 import os
-import select
 import selectors
 import signal
 import socket
@@ -74,7 +73,7 @@ SPARES = 2  # children kept forked and waiting: two starts in a row wait for no 
 MAX_REPORT = child.MAX_REPORT  # bytes of one report line (a result included); longer: dropped
 REPORT_READ = 1 << 20  # bytes of reports read per call: the loop attends to others between
 PRELOAD_TIMEOUT = 30.0  # seconds a trial import may take before the module is never preloaded
-IMPORT_TIMEOUT = 120.0  # seconds the worker's --import modules may take to import
+NAMES_PER_EVENT = 200  # declared task names per datagram (each name <= ~1 kB)
 FD_SIZE = array.array("i").itemsize
 WATCH = struct.Struct("=i")  # to the group watcher: a pid given a task; minus it, reaped
 
@@ -571,9 +570,9 @@ class Client:
                  imports: Sequence[str] = ()) -> None:
         """``allow``: the worker's module prefixes (None: any), checked again by each child
         on what a task's name resolves to. ``imports``: task modules the fork server
-        imports before it forks anything (their failure is a ``ConfigurationError`` here);
-        ``declared`` is then the ``@pgbg.task`` names they declared, if
-        ``registered_only``."""
+        imports before it forks anything; it then sends the ``@pgbg.task`` names they
+        declared (``{"ev": "declared", "names"}``, in parts) and ``{"ev": "imported",
+        "error"}`` (None, or the first import's failure: it then forks nothing)."""
         import subprocess  # here, not at the top: the fork server itself never needs it
 
         from pgbg.db import without_password
@@ -597,25 +596,9 @@ class Client:
                               "allow": list(allow) if allow is not None else None,
                               "registered_only": registered_only,
                               "imports": list(imports)}).encode())
-        self.declared: frozenset[str] | None = None
-        if imports:
-            declared = self._imported()
-            self.declared = declared if registered_only else None
-
-    def _imported(self) -> frozenset[str]:
-        """The fork server's answer to its imports: the names they declared."""
-        from pgbg.exceptions import ConfigurationError
-
-        ready, _, _ = select.select([self.sock], [], [], IMPORT_TIMEOUT)
-        data = self.sock.recv(1 << 24) if ready else b""
-        event = json.loads(data) if data else {}
-        error = event.get("error") or (None if data else (
-            f"the task modules took longer than {IMPORT_TIMEOUT:.0f} s to import" if not ready
-            else "the fork server exited while importing the task modules"))
-        if error is not None:
-            self.close()
-            raise ConfigurationError(error)
-        return frozenset(event["declared"])
+        # Until the fork server has imported ``imports`` (its "imported" event), it forks
+        # nothing and reads nothing: a close then kills it rather than wait for it.
+        self.importing = bool(imports)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -660,6 +643,8 @@ class Client:
                         spare.close()
                 return None
             event = json.loads(data)
+            if event["ev"] == "imported":
+                self.importing = False
             if event["ev"] == "spare" and len(fds) != 4:  # out of descriptors: not all came
                 for fd in fds:  # without its task pipe the spare reads end of file and exits
                     os.close(fd)
@@ -677,6 +662,8 @@ class Client:
         import subprocess
 
         self.sock.close()
+        if self.importing:  # stuck in a task module's import: nothing of ours runs there
+            self.process.kill()
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -707,9 +694,14 @@ def main() -> None:
     child.setup(command["database_url"], command["allow"], command.get("registered_only", False))
     if command.get("imports"):  # before anything is forked: every child has them
         error = child.import_modules(command["imports"])
-        sock.send(json.dumps({"ev": "imported", "error": error,
-                              "declared": registry.declared_names()}).encode())
-        if error is not None:
+        names = registry.declared_names()
+        for start in range(0, len(names), NAMES_PER_EVENT):  # datagrams are bounded
+            sock.send(json.dumps({"ev": "declared",
+                                  "names": names[start:start + NAMES_PER_EVENT]}).encode())
+        sock.send(json.dumps({"ev": "imported", "error": error}).encode())
+        if error is not None:  # the worker stops; it closes the socket when it has
+            while sock.recv(1 << 20):
+                pass
             os._exit(1)
     child.inherited_signals()  # after the watcher's fork: only the spares need them
     Server(sock, spares, watcher=watcher).serve()

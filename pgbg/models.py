@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 class TaskStatus(enum.StrEnum):
@@ -98,15 +100,23 @@ class BackgroundTask:
         problem = None
         for name in ("id", "worker_id"):
             values[name] = uuid.UUID(values[name]) if values[name] else None
-        for name in ("queued_at", "started_at", "finished_at", "cancel_requested_at", "run_at",
-                     "period"):
+        for name in TIME_FIELDS:
             try:
                 values[name] = datetime.fromisoformat(values[name]) if values[name] else None
             except (TypeError, ValueError):
                 problem = f"{name} {values[name]!r} cannot be read"
                 values[name] = None
+        for name in ("timeout", "retry_backoff"):  # JSON writes 600.0 as 600
+            if isinstance(values.get(name), int):
+                values[name] = float(values[name])
         values["status"] = TaskStatus(values["status"])
         return cls(**values), problem
+
+    def in_zone(self, zone: tzinfo) -> BackgroundTask:
+        """The same row with its times in ``zone`` (the session's, as psycopg gives them)."""
+        times: dict[str, Any] = {name: value.astimezone(zone) for name in TIME_FIELDS
+                                 if isinstance(value := getattr(self, name), datetime)}
+        return dataclasses.replace(self, **times)
 
     # Names the original module used, so code written against it keeps working.
     @property
@@ -116,6 +126,20 @@ class BackgroundTask:
     @property
     def proc_id(self) -> int | None:
         return self.pid
+
+
+TIME_FIELDS = ("queued_at", "started_at", "finished_at", "cancel_requested_at", "run_at",
+               "period")
+
+
+@functools.cache
+def session_zone(name: str) -> tzinfo:
+    """The zone of a session's ``TimeZone`` setting, as psycopg reads it: UTC when Python
+    does not know it."""
+    try:
+        return ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError):
+        return UTC
 
 
 @functools.cache

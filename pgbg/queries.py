@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from pgbg import db, notify, storable
-from pgbg.models import BackgroundTask, QueuedTask, TaskStatus
+from pgbg.models import BackgroundTask, QueuedTask, TaskStatus, session_zone
 
 
 class Executor(Protocol):
@@ -163,10 +163,13 @@ def task_insert_many(params: Mapping[str, Any]) -> Operation[None]:
 # -- tasks: reading ------------------------------------------------------------------
 
 def task_get(task_id: uuid.UUID) -> Operation[BackgroundTask | None]:
-    """The task's row (as JSON text: every driver reads it alike), or None."""
-    rows = yield Statement("SELECT to_jsonb(t)::text FROM pgbg.task t WHERE id = %(id)s::uuid",
-                           {"id": str(task_id)})
-    return BackgroundTask.from_wire(json.loads(rows[0][0])) if rows else None
+    """The task's row (as JSON text: every driver reads it alike; its times in the
+    session's zone, as psycopg gives them), or None."""
+    rows = yield Statement("SELECT to_jsonb(t)::text, current_setting('TimeZone') "
+                           "FROM pgbg.task t WHERE id = %(id)s::uuid", {"id": str(task_id)})
+    if not rows:
+        return None
+    return BackgroundTask.from_wire(json.loads(rows[0][0])).in_zone(session_zone(rows[0][1]))
 
 
 def task_status(task_id: uuid.UUID) -> Operation[TaskStatus | None]:
@@ -182,19 +185,21 @@ def queue_list(task_type: str | None = None,
     text, so every driver reads them alike."""
     rows = yield Statement(
         """SELECT id::text, task_type, queue_position, priority,
-                  to_jsonb(queued_at)::text, to_jsonb(blocked_by)::text, to_jsonb(run_at)::text
+                  to_jsonb(queued_at)::text, to_jsonb(blocked_by)::text, to_jsonb(run_at)::text,
+                  current_setting('TimeZone')
              FROM pgbg.queue
             WHERE %(type)s::text IS NULL OR task_type = %(type)s::text
             ORDER BY queue_position LIMIT %(limit)s::bigint""",
         {"type": task_type, "limit": limit})
     return [QueuedTask(task_id=r[0], task_type=r[1], queue_position=int(r[2]),
-                       priority=int(r[3]), queued_at=cast(datetime, _time(r[4])),
-                       waiting_for=json.loads(r[5]) or [], run_at=_time(r[6])) for r in rows]
+                       priority=int(r[3]), queued_at=cast(datetime, _time(r[4], r[7])),
+                       waiting_for=json.loads(r[5]) or [], run_at=_time(r[6], r[7]))
+            for r in rows]
 
 
-def _time(text: str | None) -> datetime | None:
+def _time(text: str | None, zone: str) -> datetime | None:
     value = json.loads(text) if text is not None else None
-    return datetime.fromisoformat(value) if value else None
+    return datetime.fromisoformat(value).astimezone(session_zone(zone)) if value else None
 
 
 # -- tasks: the worker's path --------------------------------------------------------
@@ -767,7 +772,9 @@ def task_read_many(conn: psycopg.Connection[Any], task_ids: Sequence[uuid.UUID]
     """In one round trip: the status of each of ``task_ids`` that exists, and the whole
     row of each that has ended (the rows of those still waiting are not sent)."""
     rows = conn.execute(
-        """SELECT id, status::text, CASE WHEN complete THEN to_jsonb(t) END
+        """SELECT id, status::text, CASE WHEN complete THEN to_jsonb(t) END,
+                  current_setting('TimeZone')
              FROM pgbg.task t WHERE id = ANY(%s)""", (list(task_ids),)).fetchall()
     return ({row[0]: TaskStatus(row[1]) for row in rows},
-            {row[0]: BackgroundTask.from_wire(row[2]) for row in rows if row[2] is not None})
+            {row[0]: BackgroundTask.from_wire(row[2]).in_zone(session_zone(row[3]))
+             for row in rows if row[2] is not None})

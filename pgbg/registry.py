@@ -139,6 +139,13 @@ def task(func: Callable[P, R] | None = None, /, **options: Any
             raise InvalidOption(f"{function.name} is declared with @pgbg.task already")
         module = getattr(function, "__module__", None)
         qualname = getattr(function, "__qualname__", None)
+        owner = qualname.split(".")[-2:-1] if isinstance(qualname, str) else []
+        if owner and owner != ["<locals>"]:  # "Class.method", maybe nested in a function
+            from pgbg.exceptions import InvalidTaskFunction
+
+            raise InvalidTaskFunction(
+                f"{qualname} is defined in a class: a worker would call it without an "
+                "instance; declare a module-level function as the task")
         defaults = {"task_type": f"{module}.{qualname}"} if module and qualname else {}
         declared = Task(function, {**defaults, **options})
         _declared[declared.name] = declared

@@ -115,7 +115,9 @@ class Supervisor:
         self.check_lease(time.monotonic())
         freed = False
         for kind, attempt, value in self.children.handle(data):
-            if kind == "message":
+            if attempt is None:  # "ready": tasks may start now
+                freed = True
+            elif kind == "message":
                 freed |= self._on_message(attempt, value)
             elif kind == "output":
                 self._on_output(attempt, [clean_text(text) for text in value])

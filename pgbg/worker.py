@@ -30,7 +30,7 @@ from pgbg import children, db, notify
 from pgbg.allowlist import dotted
 from pgbg.attempts import ALIVE, Phase
 from pgbg.duty import Duty
-from pgbg.exceptions import DatabaseUnavailable, InvalidOption
+from pgbg.exceptions import ConfigurationError, DatabaseUnavailable, InvalidOption
 from pgbg.models import TERMINAL_STATUSES
 from pgbg.supervisor import NOT_OURS, Policy, Supervisor
 from pgbg.workerdb import WorkerDatabase
@@ -149,12 +149,17 @@ class Worker:
         try:
             while not (self._stopping and self._finished()):
                 self.run_once(timeout=None)
+                if self._children.failure is not None and not self._stopping:
+                    logger.error(self._children.failure)
+                    self.stop(force=True)  # no task can start: give the claimed ones back
                 if self._stopping and not announced:
                     announced = True
                     logger.info("worker stopping; waiting for running tasks",
                                 extra={"worker_id": str(self.id), "running": self.running})
         finally:
             self.close()
+        if self._children.failure is not None:
+            raise ConfigurationError(self._children.failure)
 
     def start(self) -> None:
         if self._started:
@@ -231,7 +236,7 @@ class Worker:
         return self.concurrency - self._ledger.slots_taken()
 
     def _can_claim(self) -> bool:
-        return not self._stopping and self._free_slots() > 0 \
+        return not self._stopping and self._free_slots() > 0 and self._children.ready \
             and self._sup.lease_held(time.monotonic())
 
     def _wait_time(self, timeout: float | None) -> float:
@@ -245,7 +250,7 @@ class Worker:
                 deadlines.append(self._hard_stop_at)
         elif self._db.connected:
             deadlines.append(self._next_periodic)
-            if self._free_slots() > 0:
+            if self._free_slots() > 0 and self._children.ready:
                 if self._want_claim and now >= self._db.retry_at:
                     return 0.0
                 deadlines.append(max(self._next_poll, self._db.retry_at))
@@ -263,7 +268,7 @@ class Worker:
         if not self._db.connected or now < self._db.retry_at:
             return
         self._tend_duty()
-        free = self._free_slots() if not self._stopping else 0
+        free = self._free_slots() if not self._stopping and self._children.ready else 0
         claim = free > 0 and self._sup.lease_held(now) and (
             self._want_claim or now >= self._next_poll)
         finals = self._ledger.pending_finals()
