@@ -678,6 +678,10 @@ def main() -> None:
         os._exit(0)  # the worker is gone already
     command = json.loads(setup)
     child.setup(command["database_url"], command["allow"])
+    if os.environ.get("PGBG_DJANGO") == "1":  # manage.py pgbg worker: Django's apps loaded
+        from pgbg.contrib.django import forking  # once, here; each child drops inherited
+
+        forking.setup()  # database connections (pgbg/contrib/django/forking.py)
     child.inherited_signals()  # after the watcher's fork: only the spares need them
     Server(sock, spares, watcher=watcher).serve()
 
