@@ -30,6 +30,7 @@ def import_study(study_id: int) -> dict[str, int]:
 def import_study_now(study_id: int) -> dict[str, int]:
     study = Study.objects.get(pk=study_id)
     pgbg.record_task_related("study", study.pk)
+    pgbg.record_task_info(f"importing {study.accession}")
     hold = Path(settings.STUDIES_HOLD_FILE) if settings.STUDIES_HOLD_FILE else None
     for number in range(study.imported_series + 1, study.series + 1):
         while hold is not None and hold.exists():
