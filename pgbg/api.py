@@ -20,13 +20,14 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import psycopg
 
 from pgbg import db, queries, storable, waiters
 from pgbg.decisions import MAX_BACKOFF
 from pgbg.exceptions import (
+    DatabaseError,
     DatabaseUnavailable,
     EnqueueFailed,
     InvalidOption,
@@ -53,6 +54,7 @@ MAX_DELAY = 100 * 365.25 * 86400.0  # delay= (seconds): a century, well inside t
 
 WAIT_POLL_INTERVAL = waiters.WAIT_POLL_INTERVAL  # kept for callers; set it in pgbg.waiters
 POLL_ONLY_INTERVAL = waiters.POLL_ONLY_INTERVAL
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -112,27 +114,77 @@ def enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
 
     ``connection``: a psycopg connection, a SQLAlchemy ``Connection`` or ``Session``, or
     any DBAPI connection. The task is then inserted in that transaction and exists only if
-    it commits; otherwise pgbg commits it at once on its own connection.
+    it commits; otherwise pgbg commits it at once on its own connection (or joins the
+    application's transaction, where an integration set one with ``db.use_connection``).
     """
-    task_uuid = uuid.uuid4()
-    params = {
+    params = prepare_enqueue(
+        func, args, kwargs, task_type=task_type, priority=priority, num_proc=num_proc,
+        num_of_task_type=num_of_task_type, timeout=timeout, max_attempts=max_attempts,
+        run_at=run_at, delay=delay, unique_key=unique_key,
+        unique_while_running=unique_while_running, retry_on=retry_on,
+        retry_backoff=retry_backoff)
+    return run(enqueue_operation(params), connection, refused=EnqueueFailed)
+
+
+def prepare_enqueue(func: Callable[..., Any] | str, args: Sequence[Any] = (),
+                    kwargs: Mapping[str, Any] | None = None, *, task_type: str,
+                    priority: int = 0, num_proc: int = 0,
+                    num_of_task_type: Mapping[str, int] | None = None,
+                    timeout: float | None = None, max_attempts: int = 1,
+                    run_at: datetime | None = None, delay: float | timedelta | None = None,
+                    unique_key: str | None = None, unique_while_running: bool = True,
+                    retry_on: Sequence[type[BaseException] | str] | None = None,
+                    retry_backoff: float | None = None) -> dict[str, Any]:
+    """``enqueue``'s arguments validated and serialised: the insert's parameters. Raises
+    the ``PgbgError`` that names what is wrong; touches nothing."""
+    return {
         **_options(func, task_type, priority, num_proc, num_of_task_type, max_attempts,
                    timeout),
-        "id": str(task_uuid), "args": _json_args(args), "kwargs": _json_kwargs(kwargs),
+        "id": str(uuid.uuid4()), "args": _json_args(args), "kwargs": _json_kwargs(kwargs),
         **_schedule(run_at, delay), **_unique(unique_key, unique_while_running),
         **_retry(retry_on, retry_backoff),
     }
+
+
+# -- running an operation (queries.Operation: the SQL, shared with pgbg.aio) -----------
+
+def run(operation: queries.Operation[T], connection: Any = None, *, join: bool = True,
+        transaction: bool = False, refused: type[DatabaseError] = DatabaseError) -> T:
+    """Run ``operation`` on ``connection`` (inside the caller's transaction), else, with
+    ``join``, on the application's connection (``db.use_connection``), else on pgbg's own
+    connection, committed at once (in one transaction if ``transaction``). A driver's
+    error becomes a ``PgbgError`` (``refused`` for a statement the database refused);
+    the driver's is its cause."""
+    if connection is None and join:
+        connection = db.caller_connection()
     if connection is None:
-        with db.shared_connection() as conn, _database_errors():
-            return _insert(lambda sql, p: conn.execute(sql, p).fetchall(), params)
-    execute = _executor(connection)
-    with _database_errors():
-        return _insert(execute, params)
+        with db.shared_connection() as conn, database_errors(refused):
+            if not transaction:
+                return queries.run(conn, operation)
+            with conn.transaction():
+                return queries.run(conn, operation)
+    execute = executor(connection)
+    with database_errors(refused):
+        return queries.drive(operation, lambda statement: execute(*statement[:2]))
+
+
+def enqueue_operation(params: dict[str, Any]) -> queries.Operation[Result]:
+    """Insert the task ``prepare_enqueue`` described; with a ``unique_key`` a live task
+    holding it is returned instead."""
+    for _attempt in range(5):
+        if (yield from queries.task_insert(params)):
+            return Result(uuid.UUID(params["id"]))
+        existing = yield from queries.task_find_unique(params["unique_key"])
+        if existing is not None:
+            return Result(existing)
+        # the holder of the key finished in between: try to insert again
+    raise InvalidOption(f"unique_key {params['unique_key']!r} keeps changing hands; try again")
 
 
 @contextlib.contextmanager
-def _database_errors() -> Iterator[None]:
-    """A driver's error while queueing, as a ``PgbgError`` (the driver's is its cause)."""
+def database_errors(refused: type[DatabaseError] = DatabaseError) -> Iterator[None]:
+    """A driver's error as a ``PgbgError`` (the driver's is its cause): ``refused`` for a
+    statement the database refused."""
     try:
         yield
     except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
@@ -142,8 +194,8 @@ def _database_errors() -> Iterator[None]:
     except Exception as exc:
         if not _is_driver_error(exc):
             raise
-        raise EnqueueFailed(f"the database refused to queue the task: "
-                            f"{type(exc).__name__}: {exc}") from exc
+        raise refused(f"{(refused.__doc__ or '').strip().rstrip('.')}: "
+                      f"{type(exc).__name__}: {exc}") from exc
 
 
 def _is_driver_error(exc: Exception) -> bool:
@@ -157,17 +209,6 @@ def _is_driver_error(exc: Exception) -> bool:
         if isinstance(cls, type) and isinstance(exc, cls):
             return True
     return False
-
-
-def _insert(execute: queries.Executor, params: dict[str, Any]) -> Result:
-    for _attempt in range(5):
-        if queries.task_insert(execute, params):
-            return Result(uuid.UUID(params["id"]))
-        existing = queries.task_find_unique(execute, params["unique_key"])
-        if existing is not None:
-            return Result(existing)
-        # the holder of the key finished in between: try to insert again
-    raise InvalidOption(f"unique_key {params['unique_key']!r} keeps changing hands; try again")
 
 
 def _schedule(run_at: object, delay: object) -> dict[str, Any]:
@@ -226,18 +267,45 @@ def enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Sequence[An
                  kwargs_list: Sequence[Mapping[str, Any]] | None = None, *, task_type: str,
                  priority: int = 0, num_proc: int = 0,
                  num_of_task_type: Mapping[str, int] | None = None, connection: Any = None,
-                 timeout: float | None = None, max_attempts: int = 1) -> list[Result]:
+                 timeout: float | None = None, max_attempts: int = 1,
+                 run_at: datetime | None = None, delay: float | timedelta | None = None,
+                 retry_on: Sequence[type[BaseException] | str] | None = None,
+                 retry_backoff: float | None = None) -> list[Result]:
     """Queue ``func`` once per argument set, with the same options, in a few statements
     and one notification per batch. ``kwargs_list``, if given, pairs with ``args_list``.
 
     Everything is validated first: one bad argument set queues nothing (the error names
     which). With ``connection=``, the tasks join the caller's transaction.
     """
+    ids, batches = prepare_enqueue_many(
+        func, args_list, kwargs_list, task_type=task_type, priority=priority,
+        num_proc=num_proc, num_of_task_type=num_of_task_type, timeout=timeout,
+        max_attempts=max_attempts, run_at=run_at, delay=delay, retry_on=retry_on,
+        retry_backoff=retry_backoff)
+    run(enqueue_many_operation(batches), connection, transaction=True, refused=EnqueueFailed)
+    return [Result(i) for i in ids]
+
+
+def prepare_enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Sequence[Any]],
+                         kwargs_list: Sequence[Mapping[str, Any]] | None = None, *,
+                         task_type: str, priority: int = 0, num_proc: int = 0,
+                         num_of_task_type: Mapping[str, int] | None = None,
+                         timeout: float | None = None, max_attempts: int = 1,
+                         run_at: datetime | None = None,
+                         delay: float | timedelta | None = None,
+                         retry_on: Sequence[type[BaseException] | str] | None = None,
+                         retry_backoff: float | None = None,
+                         unique_key: None = None) -> tuple[list[uuid.UUID], list[dict[str, Any]]]:
+    """``enqueue_many``'s arguments validated and serialised: the tasks' ids and the
+    batches' insert parameters. Touches nothing."""
+    if unique_key is not None:
+        raise InvalidOption("unique_key names one task: queue it with enqueue, not "
+                            "enqueue_many")
     if kwargs_list is not None and len(kwargs_list) != len(args_list):
         raise InvalidOption(f"kwargs_list has {len(kwargs_list)} items, args_list "
                             f"{len(args_list)}")
     common = {**_options(func, task_type, priority, num_proc, num_of_task_type, max_attempts,
-                         timeout), **_retry(None, None)}
+                         timeout), **_schedule(run_at, delay), **_retry(retry_on, retry_backoff)}
     args_values = _each_call(args_list, _args_value, (list, tuple))
     kwargs_values = None if kwargs_list is None else _each_call(kwargs_list, _kwargs_value, ())
     ids = _new_ids(len(args_values))
@@ -250,16 +318,12 @@ def enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Sequence[An
             "args": _json_each(args_values[start:end], start, _check_args),
             "kwargs": None if kwargs_values is None else _json_each(
                 kwargs_values[start:end], start, _check_kwargs)})
-    if connection is None:
-        with db.shared_connection() as conn, _database_errors(), conn.transaction():
-            for batch in batches:
-                queries.task_insert_many(lambda sql, p: _rows(conn.execute(sql, p)), batch)
-    else:
-        execute = _executor(connection)
-        with _database_errors():
-            for batch in batches:
-                queries.task_insert_many(execute, batch)
-    return [Result(uuid.UUID(int=i)) for i in ids]
+    return [uuid.UUID(int=i) for i in ids], batches
+
+
+def enqueue_many_operation(batches: Sequence[dict[str, Any]]) -> queries.Operation[None]:
+    for batch in batches:
+        yield from queries.task_insert_many(batch)
 
 
 BULK_BATCH = 5000
@@ -500,7 +564,7 @@ def _rows(result: Any) -> list[Any]:
     return list(result.fetchall()) if description else []
 
 
-def _executor(connection: Any) -> queries.Executor:
+def executor(connection: Any) -> queries.Executor:
     """Run pgbg's statement inside the caller's transaction, whatever the connection type."""
     if isinstance(connection, psycopg.Connection):
         return lambda sql, params: _rows(connection.execute(sql, params))
@@ -542,9 +606,11 @@ def task_id(task: object) -> uuid.UUID:
 
 def get_task(task: object) -> BackgroundTask:
     """The task's row; ``TaskNotFound`` if there is none."""
-    tid = task_id(task)
-    with db.shared_connection() as conn:
-        row = queries.task_get(conn, tid)
+    return run(get_task_operation(task_id(task)))
+
+
+def get_task_operation(tid: uuid.UUID) -> queries.Operation[BackgroundTask]:
+    row = yield from queries.task_get(tid)
     if row is None:
         raise TaskNotFound(f"no task with id {tid}")
     return row
@@ -569,20 +635,30 @@ def get_queued_tasks(task_type: str | None = None) -> list[QueuedTask]:
     ``task_type`` matches exactly. ``queue_position`` is the 1-based place in the whole
     queue, so it means the same with or without the filter.
     """
-    with db.shared_connection() as conn:
-        return queries.queue_list(conn, task_type)
+    return run(queries.queue_list(_queue_filter(task_type)))
+
+
+def _queue_filter(task_type: object) -> str | None:
+    if task_type is None:
+        return None
+    if not isinstance(task_type, str):
+        raise InvalidOption(f"task_type must be a string, not {type(task_type).__name__}")
+    return storable.check_text(task_type, "task_type")
 
 
 def remove_task_from_queue(task: object) -> None:
-    """Remove a task that has not started (it ends as ``cancelled``).
+    """Remove a task that has not started (it ends as ``cancelled``), at once: not inside
+    an application's transaction, as a termination is not.
 
     Raises ``TaskAlreadyStarted`` if it started, ``TaskNotFound`` if there is no such task.
     """
-    tid = task_id(task)
-    with db.shared_connection() as conn:
-        if queries.task_cancel_queued(conn, tid, "removed from the queue"):
-            return
-        status = queries.task_status(conn, tid)
+    run(remove_operation(task_id(task)), join=False)
+
+
+def remove_operation(tid: uuid.UUID) -> queries.Operation[None]:
+    if (yield from queries.task_cancel_queued(tid, "removed from the queue")):
+        return
+    status = yield from queries.task_status(tid)
     if status is None:
         raise TaskNotFound(f"no task with id {tid}")
     raise TaskAlreadyStarted(f"task {tid} already started (status: {status.value})")
@@ -596,17 +672,21 @@ def terminate_background(task: object, *, wait: bool = True,
     worker confirms against the row, SIGTERMs the task's process group and SIGKILLs it
     after a grace period. With ``wait`` (the default) this returns once the row is
     terminal (``TimeoutError`` after ``timeout``). A finished task is left as it is.
+    It acts at once, never inside an application's transaction (whose commit it would
+    otherwise wait for).
     """
     tid = task_id(task)
-    with db.shared_connection() as conn:
-        if not queries.task_cancel_queued(conn, tid, "terminated before it started"):
-            queries.task_request_cancel(conn, tid, _requester())
-        row = queries.task_get(conn, tid)
-    if row is None:
-        raise TaskNotFound(f"no task with id {tid}")
+    row = run(terminate_operation(tid, _requester()), join=False)
     if wait and not row.status.is_terminal:
         return wait_task(tid, timeout)
     return row
+
+
+def terminate_operation(tid: uuid.UUID, requester: str) -> queries.Operation[BackgroundTask]:
+    """Cancel the task if queued, else mark it for termination; its row afterwards."""
+    if not (yield from queries.task_cancel_queued(tid, "terminated before it started")):
+        yield from queries.task_request_cancel(tid, requester)
+    return (yield from get_task_operation(tid))
 
 
 def _requester() -> str:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import inspect
 import json
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import fields
 from typing import Any, NoReturn
 
@@ -160,12 +161,30 @@ def _isolate(parent_pid: int) -> None:
         os.killpg(0, signal.SIGKILL)
 
 
+def _run_coroutine(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run an ``async def`` task to its end in a new event loop: uvloop's when it is
+    installed, else asyncio's. The child is the loop's only user and exits after it, so a
+    terminate (the whole process group killed) needs nothing of the loop."""
+    import asyncio  # here: a child of a sync task never pays for it
+
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        factory = None
+    else:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coroutine)
+
+
 def _call(task: dict[str, Any],
           allow: Sequence[str] | None = None) -> tuple[dict[str, Any], int]:
     outcome: dict[str, Any] = {"kind": "outcome"}
     try:
         func = resolve(task["func"], allow)
         result = func(*task["args"], **task["kwargs"])
+        if inspect.iscoroutine(result):  # an ``async def`` task: its own event loop
+            result = _run_coroutine(result)
     except NotAllowed as exc:  # the one line says it all (only resolve raises it)
         return {**outcome, "status": "failed", "error": str(exc)}, 1
     except SystemExit as exc:

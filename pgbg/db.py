@@ -16,7 +16,7 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ _lock = threading.Lock()
 _shared: psycopg.Connection[Any] | None = None
 _shared_pid: int | None = None
 _inherited: list[Any] = []  # connections a forked child must keep but never touch
+_provider: Callable[[], Any] | None = None  # use_connection's
 # wait_task's connection is pgbg/waiters.py's: one per process, whatever the waiters.
 try:
     VERSION = _metadata.version("pgbg")
@@ -74,6 +75,24 @@ def configure(url: str | None = None, *, engine: Engine | None = None,
     from pgbg import waiters  # imports this module
 
     waiters.stop()  # its connection is to the database configured before
+
+
+def use_connection(provider: Callable[[], Any] | None) -> None:
+    """Make pgbg's API join an application's transactions by default (Django's, say).
+
+    ``provider()`` is called by each call of ``enqueue``, ``enqueue_many``,
+    ``run_in_background*``, ``get_task`` and ``get_queued_tasks`` made without
+    ``connection=``: it returns the connection to run on (inside its transaction), or None
+    for pgbg's own connection, committed at once. Waiting, removing and terminating never
+    join it: they act at once. ``None`` removes the provider.
+    """
+    global _provider
+    _provider = provider
+
+
+def caller_connection() -> Any:
+    """The connection ``use_connection``'s provider gives now, or None."""
+    return _provider() if _provider is not None else None
 
 
 def listen_enabled() -> bool:

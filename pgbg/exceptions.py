@@ -86,5 +86,9 @@ class OptionOutOfRange(InvalidOption):
     """An option is outside the range its database column holds."""
 
 
-class EnqueueFailed(PgbgError):
+class DatabaseError(PgbgError):
+    """The database refused the statement."""
+
+
+class EnqueueFailed(DatabaseError):
     """The database refused to queue the task."""

@@ -25,7 +25,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgbg import api, db, notify, queries, storable
-from pgbg.exceptions import InvalidOption, PeriodicNotFound
+from pgbg.exceptions import EnqueueFailed, InvalidOption, PeriodicNotFound
 
 logger = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -189,12 +189,13 @@ def add_periodic(name: str, func: Callable[..., Any] | str, args: Sequence[Any] 
         "every": when.seconds if isinstance(when, Every) else None, "timezone": timezone,
     }
     if connection is None:
-        with db.shared_connection() as conn, api._database_errors(), conn.transaction():
+        with (db.shared_connection() as conn, api.database_errors(EnqueueFailed),
+              conn.transaction()):
             next_run_at, last_period, last_task_id, _ = _upsert(
                 lambda sql, p: conn.execute(sql, p).fetchall(), params, when)
     else:
-        execute = api._executor(connection)
-        with api._database_errors():
+        execute = api.executor(connection)
+        with api.database_errors(EnqueueFailed):
             next_run_at, last_period, last_task_id, _ = _upsert(execute, params, when)
     return PeriodicTask(**{**params, "args": list(args), "kwargs": dict(kwargs or {}),
                            "num_of_task_type": dict(num_of_task_type or {}),

@@ -7,10 +7,13 @@ SQLAlchemy connection on any DBAPI driver.
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -24,6 +27,42 @@ class Executor(Protocol):
     """Runs one statement on a connection (psycopg's or an adapter's), returns its rows."""
 
     def __call__(self, sql: str, params: Mapping[str, Any]) -> list[Any]: ...
+
+
+class Statement(NamedTuple):
+    """One statement of an ``Operation``. Parameters are named (``%(name)s``), ids and JSON
+    passed as text and cast in SQL, so any driver runs it, sync or async.
+    ``read_committed``: on pgbg's own connection, run at READ COMMITTED (``db.read_committed``);
+    on a caller's connection the caller's transaction decides."""
+
+    sql: str
+    params: Mapping[str, Any]
+    read_committed: bool = False
+
+
+# An operation without I/O: it yields the statements to run, is sent each one's rows, and
+# returns its answer. The sync API and the async one (pgbg/aio.py) drive the same ones.
+T = TypeVar("T")
+Operation = Generator[Statement, list[Any], T]
+
+
+def drive(operation: Operation[T], execute: Callable[[Statement], list[Any]]) -> T:
+    """Run ``operation`` to its end, each statement by ``execute``."""
+    try:
+        statement = next(operation)
+        while True:
+            statement = operation.send(execute(statement))
+    except StopIteration as stop:
+        return cast(T, stop.value)
+
+
+def run(conn: psycopg.Connection[Any], operation: Operation[T]) -> T:
+    """Run ``operation`` on a psycopg connection of pgbg's own."""
+    def execute(statement: Statement) -> list[Any]:
+        with db.read_committed(conn) if statement.read_committed else nullcontext():
+            cur = conn.execute(statement.sql, statement.params)
+            return cur.fetchall() if cur.description else []
+    return drive(operation, execute)
 
 
 def _task(row: Mapping[str, Any]) -> BackgroundTask:
@@ -84,25 +123,28 @@ SELECT pg_notify('""" + notify.QUEUED + """', '') FROM inserted
 """
 
 
-def task_insert(execute: Executor, params: Mapping[str, Any]) -> bool:
+def task_insert(params: Mapping[str, Any]) -> Operation[bool]:
     """Insert one queued task and wake the workers (on commit) in one round trip; False if
     a live task already holds its ``unique_key``."""
-    return bool(execute(TASK_INSERT, params))
+    return bool((yield Statement(TASK_INSERT, params)))
 
 
-def task_find_unique(execute: Executor, unique_key: str) -> uuid.UUID | None:
+def task_find_unique(unique_key: str) -> Operation[uuid.UUID | None]:
     """The live task holding ``unique_key``, if any."""
-    rows = execute("SELECT id::text FROM pgbg.task WHERE unique_key = %(key)s AND "
-                   + UNIQUE_LIVE, {"key": unique_key})
+    rows = yield Statement("SELECT id::text FROM pgbg.task WHERE unique_key = %(key)s AND "
+                           + UNIQUE_LIVE, {"key": unique_key})
     return uuid.UUID(rows[0][0]) if rows else None
 
 
 TASK_INSERT_MANY = """
 WITH inserted AS (
     INSERT INTO pgbg.task (id, task_type, func, args, kwargs, priority, num_proc,
-                           num_of_task_type, max_attempts, timeout, retry_on, retry_backoff)
+                           num_of_task_type, max_attempts, timeout, run_at, retry_on,
+                           retry_backoff)
     SELECT c.id::uuid, %(task_type)s, %(func)s, c.args, coalesce(c.kwargs, '{}'), %(priority)s,
            %(num_proc)s, %(num_of_task_type)s::jsonb, %(max_attempts)s, %(timeout)s,
+           coalesce(%(run_at)s::timestamptz,
+                    clock_timestamp() + make_interval(secs => %(delay)s::float)),
            %(retry_on)s::text[], %(retry_backoff)s
       FROM ROWS FROM (jsonb_array_elements_text(%(ids)s::jsonb),  -- side by side; kwargs
                       jsonb_array_elements(%(args)s::jsonb),      -- NULL: none given
@@ -113,37 +155,46 @@ SELECT pg_notify('""" + notify.QUEUED + """', '') WHERE EXISTS (SELECT 1 FROM in
 """
 
 
-def task_insert_many(execute: Executor, params: Mapping[str, Any]) -> None:
+def task_insert_many(params: Mapping[str, Any]) -> Operation[None]:
     """Insert a batch of tasks with one statement and one notification."""
-    execute(TASK_INSERT_MANY, params)
+    yield Statement(TASK_INSERT_MANY, params)
 
 
 # -- tasks: reading ------------------------------------------------------------------
 
-def task_get(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> BackgroundTask | None:
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute("SELECT * FROM pgbg.task WHERE id = %s", (task_id,)).fetchone()
-    return _task(row) if row else None
+def task_get(task_id: uuid.UUID) -> Operation[BackgroundTask | None]:
+    """The task's row (as JSON text: every driver reads it alike), or None."""
+    rows = yield Statement("SELECT to_jsonb(t)::text FROM pgbg.task t WHERE id = %(id)s::uuid",
+                           {"id": str(task_id)})
+    return BackgroundTask.from_wire(json.loads(rows[0][0])) if rows else None
 
 
-def task_status(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> TaskStatus | None:
-    row = conn.execute("SELECT status::text FROM pgbg.task WHERE id = %s", (task_id,)).fetchone()
-    return TaskStatus(row[0]) if row else None
+def task_status(task_id: uuid.UUID) -> Operation[TaskStatus | None]:
+    rows = yield Statement("SELECT status::text FROM pgbg.task WHERE id = %(id)s::uuid",
+                           {"id": str(task_id)})
+    return TaskStatus(rows[0][0]) if rows else None
 
 
-def queue_list(conn: psycopg.Connection[Any], task_type: str | None = None,
-               limit: int | None = None) -> list[QueuedTask]:
+def queue_list(task_type: str | None = None,
+               limit: int | None = None) -> Operation[list[QueuedTask]]:
     """Queued tasks in the order workers consider them, with what blocks each (the view
-    ``pgbg.queue``); ``queue_position`` is the place in the whole queue."""
-    rows = conn.execute(
-        """SELECT id, task_type, queue_position, priority, queued_at, blocked_by, run_at
+    ``pgbg.queue``); ``queue_position`` is the place in the whole queue. Times as JSON
+    text, so every driver reads them alike."""
+    rows = yield Statement(
+        """SELECT id::text, task_type, queue_position, priority,
+                  to_jsonb(queued_at)::text, to_jsonb(blocked_by)::text, to_jsonb(run_at)::text
              FROM pgbg.queue
-            WHERE %(type)s::text IS NULL OR task_type = %(type)s
-            ORDER BY queue_position LIMIT %(limit)s""",
-        {"type": task_type, "limit": limit},
-    ).fetchall()
-    return [QueuedTask(task_id=str(r[0]), task_type=r[1], queue_position=r[2], priority=r[3],
-                       queued_at=r[4], waiting_for=list(r[5]), run_at=r[6]) for r in rows]
+            WHERE %(type)s::text IS NULL OR task_type = %(type)s::text
+            ORDER BY queue_position LIMIT %(limit)s::bigint""",
+        {"type": task_type, "limit": limit})
+    return [QueuedTask(task_id=r[0], task_type=r[1], queue_position=int(r[2]),
+                       priority=int(r[3]), queued_at=cast(datetime, _time(r[4])),
+                       waiting_for=json.loads(r[5]) or [], run_at=_time(r[6])) for r in rows]
+
+
+def _time(text: str | None) -> datetime | None:
+    value = json.loads(text) if text is not None else None
+    return datetime.fromisoformat(value) if value else None
 
 
 # -- tasks: the worker's path --------------------------------------------------------
@@ -224,19 +275,16 @@ def task_step(conn: psycopg.Connection[Any], worker_id: uuid.UUID, hostname: str
                 next_due=next((task for kind, task in rows if kind == "due"), None))
 
 
-def task_cancel_queued(conn: psycopg.Connection[Any], task_id: uuid.UUID,
-                       reason: str) -> bool:
+def task_cancel_queued(task_id: uuid.UUID, reason: str) -> Operation[bool]:
     """Cancel a task that has not started; False if it is not (or no longer) queued."""
-    with db.read_committed(conn):
-        row = conn.execute(
-            """WITH cancelled AS (
-                   UPDATE pgbg.task SET status = 'cancelled', finished_at = clock_timestamp(),
-                          error = %s
-                    WHERE id = %s AND status = 'queued' RETURNING id)
-               SELECT pg_notify(%s, id::text) FROM cancelled""",
-            (reason, task_id, notify.DONE),
-        ).fetchone()
-    return row is not None
+    rows = yield Statement(
+        """WITH cancelled AS (
+               UPDATE pgbg.task SET status = 'cancelled', finished_at = clock_timestamp(),
+                      error = %(reason)s
+                WHERE id = %(id)s::uuid AND status = 'queued' RETURNING id)
+           SELECT pg_notify('""" + notify.DONE + """', id::text) FROM cancelled""",
+        {"reason": reason, "id": str(task_id)}, read_committed=True)
+    return bool(rows)
 
 
 # -- tasks: what a running task records about itself ---------------------------------
@@ -478,20 +526,17 @@ def worker_unregister(conn: psycopg.Connection[Any], worker_id: uuid.UUID) -> No
 
 # -- termination ---------------------------------------------------------------------
 
-def task_request_cancel(conn: psycopg.Connection[Any], task_id: uuid.UUID,
-                        requested_by: str) -> bool:
+def task_request_cancel(task_id: uuid.UUID, requested_by: str) -> Operation[bool]:
     """Mark a running task for termination and tell its worker; False if not running."""
-    with db.read_committed(conn):
-        row = conn.execute(
-            """WITH marked AS (
-                   UPDATE pgbg.task
-                      SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp()),
-                          cancel_requested_by = coalesce(cancel_requested_by, %s)
-                    WHERE id = %s AND status = 'running' RETURNING id)
-               SELECT pg_notify(%s, id::text) FROM marked""",
-            (requested_by, task_id, notify.CANCEL),
-        ).fetchone()
-    return row is not None
+    rows = yield Statement(
+        """WITH marked AS (
+               UPDATE pgbg.task
+                  SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp()),
+                      cancel_requested_by = coalesce(cancel_requested_by, %(by)s)
+                WHERE id = %(id)s::uuid AND status = 'running' RETURNING id)
+           SELECT pg_notify('""" + notify.CANCEL + """', id::text) FROM marked""",
+        {"by": requested_by, "id": str(task_id)}, read_committed=True)
+    return bool(rows)
 
 
 def task_list_cancel_requested(conn: psycopg.Connection[Any], worker_id: uuid.UUID,

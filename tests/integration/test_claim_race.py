@@ -132,7 +132,7 @@ def test_racing_claimers_never_exceed_a_limit_nor_claim_twice(isolation_url: str
                 row = c.execute("SELECT id FROM pgbg.task WHERE status = 'queued'"
                                 " ORDER BY random() LIMIT 1").fetchone()
                 if row:
-                    queries.task_cancel_queued(c, row[0], "review")
+                    queries.run(c, queries.task_cancel_queued(row[0], "review"))
 
     def locker() -> None:
         with psycopg.connect(url, autocommit=True) as c:
