@@ -41,6 +41,9 @@ def test_a_task_queued_in_atomic_commits_and_rolls_back_with_it(django_db: str) 
             tasks.add.enqueue(5, 6)
             raise Rollback
         assert count(django_db) == 0
+        inside = tasks.add.get_result(kept.id)  # read in the same transaction
+        assert (inside.args, inside.status) == ([3, 4], TaskResultStatus.READY)
+        assert [q.task_id for q in pgbg.get_queued_tasks()] == [kept.id]
     assert count(django_db) == 1
     assert tasks.add.get_result(kept.id).args == [3, 4]
 
