@@ -6,18 +6,18 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from pgbg_django_fixtures import count, django_db, django_template  # noqa: F401
-
-import pgbg
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.tasks import TaskResultStatus, task_backends
 from django.tasks.exceptions import InvalidTask, InvalidTaskBackend, TaskResultDoesNotExist
 from django.test import override_settings
 from django.utils import timezone
+from pgbg_django_fixtures import count, django_db, django_template  # noqa: F401
+from pgbg_django_testapp import tasks
+
+import pgbg
 from pgbg.contrib.django import InvalidTaskArguments, PgbgBackend
 from pgbg.contrib.django.backend import exception_class_path
-from pgbg_django_testapp import tasks
 
 BACKEND = "pgbg.contrib.django.PgbgBackend"
 
@@ -138,7 +138,7 @@ def test_results_of_queued_and_cancelled_tasks(django_db: str) -> None:
     assert read.task.func is tasks.add.func and read.status is TaskResultStatus.READY
     assert read.enqueued_at is not None and read.attempts == 0
     with pytest.raises(ValueError, match="not finished"):
-        read.return_value
+        _ = read.return_value
     pgbg.terminate_background(result.id)  # queued: cancelled at once
     result.refresh()
     assert result.status is TaskResultStatus.FAILED and result.is_finished
@@ -149,7 +149,7 @@ def test_results_of_queued_and_cancelled_tasks(django_db: str) -> None:
     with pytest.raises(TaskResultDoesNotExist, match="not a pgbg task id"):
         task_backends["default"].get_result("nope")
     plain = pgbg.run_in_background("studies.tasks:import_study_now", "import", 1)
-    with pytest.raises(TaskResultDoesNotExist, match="not queued through django.tasks"):
+    with pytest.raises(TaskResultDoesNotExist, match=r"not queued through django\.tasks"):
         task_backends["default"].get_result(plain.id)
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import wait_for
+from django.contrib.auth.models import Permission, User
+from django.test import Client
 from pgbg_django_fixtures import (  # noqa: F401
     django_db,
     django_template,
@@ -22,8 +24,6 @@ from pgbg_django_fixtures import (  # noqa: F401
 )
 
 import pgbg
-from django.contrib.auth.models import Permission, User
-from django.test import Client
 from pgbg import migrate
 from studies.models import Study
 
@@ -187,7 +187,7 @@ def test_admin_actions_need_the_change_permission(django_db: str, perms: dict[st
     for name in ("terminate", "remove", "retry"):
         action(client, name, queued.id)
     assert pgbg.get_task(queued).status is pgbg.TaskStatus.QUEUED
-    assert client.post("/tasks/{}/terminate/".format(queued.id)).status_code == 403
+    assert client.post(f"/tasks/{queued.id}/terminate/").status_code == 403
     assert client.get(f"/admin/pgbg/task/{queued.id}/change/").status_code in (
         200 if perms.get("view_task") else 403,)
     assert pgbg.get_task(queued).status is pgbg.TaskStatus.QUEUED

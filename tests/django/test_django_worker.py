@@ -3,6 +3,7 @@ async tasks, the ORM in the child, limits, and a SIGTERM that drains."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import psycopg
 from conftest import wait_for
+from django.tasks import TaskResult, TaskResultStatus
 from pgbg_django_fixtures import (  # noqa: F401
     count,
     django_db,
@@ -18,10 +20,9 @@ from pgbg_django_fixtures import (  # noqa: F401
     manage,
     site_worker,
 )
+from pgbg_django_testapp import tasks
 
 import pgbg
-from django.tasks import TaskResult, TaskResultStatus
-from pgbg_django_testapp import tasks
 from studies.models import Study
 from studies.tasks import import_study
 
@@ -103,7 +104,7 @@ def test_limits_hold_for_a_task_declared_with_num_of_task_type(
     for result in results:
         assert finished(result).status is TaskResultStatus.SUCCESSFUL
     rows = sorted((pgbg.get_task(r.id) for r in results), key=lambda row: row.started_at)
-    for before, after in zip(rows, rows[1:], strict=False):
+    for before, after in itertools.pairwise(rows):
         assert before.finished_at <= after.started_at  # never two at once
     assert [r.return_value for r in results] == [{"study": s.pk, "series": 1} for s in studies]
     assert all(s.imported_at for s in Study.objects.all())

@@ -20,7 +20,7 @@ from pgbg.contrib.django.models import Task, TaskLog, Worker
 OUTPUT = "output"  # the level of captured stdout/stderr in pgbg.task_log
 
 
-class ReadOnly(admin.ModelAdmin):  # type: ignore[type-arg]
+class ReadOnly(admin.ModelAdmin):
     """Nothing is added, edited or deleted through the admin."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

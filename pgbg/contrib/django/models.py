@@ -123,5 +123,5 @@ def _read_only(self: models.Model, *args: object, **kwargs: object) -> None:
 
 
 for _model in (Task, TaskLog, TaskLink, Worker):
-    _model.save = _read_only  # type: ignore[method-assign,assignment]
-    _model.delete = _read_only  # type: ignore[method-assign,assignment]
+    _model.save = _read_only
+    _model.delete = _read_only

@@ -13,8 +13,7 @@ class Migration(migrations.Migration):
     initial = True
     atomic = False  # Alembic runs on a connection of its own, in its own transactions
 
-    dependencies = [
-    ]
+    dependencies: list[tuple[str, str]] = []
 
     operations = [
         migrations.RunPython(upgrade_operation, migrations.RunPython.noop, elidable=False),

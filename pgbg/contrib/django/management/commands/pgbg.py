@@ -37,7 +37,7 @@ class Command(BaseCommand):
 
 def run(args: list[str], prog_name: str) -> None:
     """pgbg's Typer app on ``args``; raises ``SystemExit`` with its exit code."""
-    from pgbg.cli import app
+    from pgbg.cli.common import app
     from pgbg.contrib.django import forking
 
     # The fork server inherits the environment: with PGBG_DJANGO=1 (and the same
