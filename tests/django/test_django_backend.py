@@ -14,6 +14,7 @@ from django.test import override_settings
 from django.utils import timezone
 from pgbg_django_fixtures import count, django_db, django_template  # noqa: F401
 from pgbg_django_testapp import tasks
+from psycopg.conninfo import conninfo_to_dict
 
 import pgbg
 from pgbg.contrib.django import InvalidTaskArguments, PgbgBackend
@@ -170,3 +171,20 @@ def test_exception_class_path_is_read_from_the_traceback() -> None:
                                     "line 1\nValueError\n")) == "builtins.ValueError"
     assert exception_class_path(row("exited with code 3")) == "pgbg.exceptions.TaskFailed"
     assert exception_class_path(row(chained, "terminated")) == "pgbg.exceptions.TaskFailed"
+
+
+def test_the_database_url_holds_the_password_and_pgbg_masks_it() -> None:
+    from pgbg import db
+    from pgbg.contrib.django import conf
+
+    url = conf.conninfo({"ENGINE": "django.db.backends.postgresql", "NAME": "site",
+                         "USER": "app", "PASSWORD": "s3cr3t pw'x", "HOST": "db.internal",
+                         "PORT": 5433, "OPTIONS": {"sslmode": "require", "pool": True,
+                                                   "server_side_binding": False}})
+    params = conninfo_to_dict(url)
+    assert params == {"dbname": "site", "user": "app", "password": "s3cr3t pw'x",
+                      "host": "db.internal", "port": "5433", "sslmode": "require"}
+    for shown in (db.mask_url(url), db.without_password(url)):
+        assert "s3cr3t" not in shown and "db.internal" in shown
+    with pytest.raises(ImproperlyConfigured, match="names no database"):
+        conf.conninfo({"ENGINE": "django.db.backends.postgresql", "NAME": ""})

@@ -44,10 +44,14 @@ def _libpq_keywords() -> frozenset[str]:
 def database_url(alias: str) -> str:
     """A libpq connection string for ``DATABASES[alias]`` (password included: pass it
     to pgbg, never print it; ``pgbg.db.mask_url`` masks it)."""
+    check_alias(alias, "the database alias")
+    return conninfo(settings.DATABASES[alias], alias)
+
+
+def conninfo(entry: dict[str, Any], alias: str = "default") -> str:
+    """``database_url`` of one ``DATABASES`` entry."""
     from psycopg.conninfo import make_conninfo
 
-    check_alias(alias, "the database alias")
-    entry: dict[str, Any] = settings.DATABASES[alias]
     params: dict[str, Any] = {}
     keywords = _libpq_keywords()
     # OPTIONS may hold libpq parameters (sslmode, service, ...) beside Django's own
