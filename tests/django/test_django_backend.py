@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+from pgbg_django_fixtures import count, django_db, django_template  # noqa: F401
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
@@ -12,7 +14,6 @@ from django.tasks import TaskResultStatus, task_backends
 from django.tasks.exceptions import InvalidTask, InvalidTaskBackend, TaskResultDoesNotExist
 from django.test import override_settings
 from django.utils import timezone
-from pgbg_django_fixtures import count, django_db, django_template  # noqa: F401
 from pgbg_django_testapp import tasks
 from psycopg.conninfo import conninfo_to_dict
 

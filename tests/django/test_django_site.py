@@ -10,11 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import pytest
-from conftest import wait_for
-from django.contrib.auth.models import Permission, User
-from django.test import Client
+from pgbg_django_fixtures import count as count_tasks
 from pgbg_django_fixtures import (  # noqa: F401
     django_db,
     django_template,
@@ -23,8 +19,15 @@ from pgbg_django_fixtures import (  # noqa: F401
     site_worker,
 )
 
+import psycopg
+import pytest
+from conftest import wait_for
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+
 import pgbg
 from pgbg import migrate
+from pgbg.contrib.django.models import Task
 from studies.models import Study
 
 
@@ -61,6 +64,13 @@ def test_migrate_from_an_empty_database_and_again(server_url: str) -> None:
     finally:
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_sites_own_tests_run_on_djangos_test_database(django_db: str) -> None:
+    tested = manage(django_db, "test", "studies", "--noinput", "-v", "2")
+    assert tested.returncode == 0, tested.stderr
+    assert "Ran 1 test" in tested.stderr and "\nOK\n" in tested.stderr
+    assert count_tasks(django_db) == 0  # the test database's, never this one
 
 
 def admin_client(**perms: bool) -> Client:
@@ -169,6 +179,24 @@ def test_the_openrem_style_view_queues_in_the_same_transaction(django_db: str,
         client.post("/imports/", {"accession": ["MG-2", "MG-1"], "style": "openrem"})
     assert not Study.objects.filter(accession="MG-2").exists()
     assert len(pgbg.list_tasks()) == 1  # MG-2's import went with its transaction
+
+
+def test_admin_actions_with_the_change_permission(django_db: str) -> None:
+    queued = [pgbg.run_in_background("studies.tasks:import_study_now", "import", n)
+              for n in range(3)]
+    client = admin_client(superuser=False, view_task=True, change_task=True)
+    listing = client.get("/admin/pgbg/task/")
+    choices = {name for name, _label in listing.context["action_form"].fields["action"].choices}
+    assert {"terminate", "retry", "remove"} <= choices and "delete_selected" not in choices
+    action(client, "terminate", queued[0].id)
+    action(client, "remove", queued[1].id)
+    assert [pgbg.get_task(q).status for q in queued] == [
+        pgbg.TaskStatus.CANCELLED, pgbg.TaskStatus.CANCELLED, pgbg.TaskStatus.QUEUED]
+    with pytest.raises(TypeError, match="only through pgbg's API"):
+        Task.objects.get(pk=queued[2].id).save()  # the ORM cannot write pgbg's rows
+    assert client.post(f"/admin/pgbg/task/{queued[2].id}/change/",
+                       {"status": "succeeded"}).status_code in (200, 302)
+    assert pgbg.get_task(queued[2]).status is pgbg.TaskStatus.QUEUED  # read-only
 
 
 @pytest.mark.parametrize("perms", [{"superuser": False, "view_task": True},

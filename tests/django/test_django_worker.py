@@ -9,9 +9,6 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from conftest import wait_for
-from django.tasks import TaskResult, TaskResultStatus
 from pgbg_django_fixtures import (  # noqa: F401
     count,
     django_db,
@@ -20,6 +17,10 @@ from pgbg_django_fixtures import (  # noqa: F401
     manage,
     site_worker,
 )
+
+import psycopg
+from conftest import wait_for
+from django.tasks import TaskResult, TaskResultStatus
 from pgbg_django_testapp import tasks
 
 import pgbg

@@ -27,8 +27,11 @@ class PgbgConfig(AppConfig):
 def _upgrade_after_migrate(sender: AppConfig, using: str, plan: Any = None,
                            **kwargs: Any) -> None:
     """Every ``manage.py migrate`` brings pgbg's schema up to date, so a pgbg upgrade
-    (new Alembic revisions, no new Django migration) needs no extra step."""
-    from pgbg.contrib.django import conf, migration
+    (new Alembic revisions, no new Django migration) needs no extra step. pgbg is pointed
+    at the database again: Django's test runner migrates a test database it renamed the
+    alias to after ``ready()``, and pgbg must use that one."""
+    from pgbg.contrib.django import conf, migration, transactions
 
     if using == conf.database_alias():
         migration.upgrade(using)
+        transactions.install(using)

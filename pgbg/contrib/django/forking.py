@@ -31,5 +31,10 @@ def forget_connections() -> None:
     from asgiref.local import Local
     from django.db import connections
 
-    _inherited.append(connections._connections)
-    connections._connections = Local(connections.thread_critical)
+    if hasattr(connections, "_connections"):  # fresh wrappers, created on first use
+        _inherited.append(connections._connections)
+        connections._connections = Local(connections.thread_critical)
+        return
+    for wrapper in connections.all(initialized_only=True):  # pragma: no cover - older layout
+        _inherited.append(wrapper.connection)
+        wrapper.connection = None
