@@ -197,6 +197,9 @@ def test_admin_actions_with_the_change_permission(django_db: str) -> None:
     assert client.post(f"/admin/pgbg/task/{queued[2].id}/change/",
                        {"status": "succeeded"}).status_code in (200, 302)
     assert pgbg.get_task(queued[2]).status is pgbg.TaskStatus.QUEUED  # read-only
+    page = client.post(f"/tasks/{queued[2].id}/terminate/", follow=True)  # the site's button
+    assert b"terminating" in page.content
+    assert pgbg.get_task(queued[2]).status is pgbg.TaskStatus.CANCELLED
 
 
 @pytest.mark.parametrize("perms", [{"superuser": False, "view_task": True},

@@ -32,6 +32,8 @@ def _upgrade_after_migrate(sender: AppConfig, using: str, plan: Any = None,
     alias to after ``ready()``, and pgbg must use that one."""
     from pgbg.contrib.django import conf, migration, transactions
 
+    if plan is None:  # ``flush`` (between TransactionTestCase tests): not a migrate
+        return
     if using == conf.database_alias():
         migration.upgrade(using)
         transactions.install(using)
