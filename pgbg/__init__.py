@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pgbg import aio
     from pgbg.admin import (
         doctor,
         get_task_links,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from pgbg.db import configure
     from pgbg.exceptions import (
         ConfigurationError,
+        DatabaseError,
         DatabaseUnavailable,
         EmbeddedServerError,
         InvalidOption,
@@ -66,11 +68,13 @@ if TYPE_CHECKING:
         list_periodic,
         remove_periodic,
     )
+    from pgbg.registry import Task, task
     from pgbg.worker import Worker
 
 _WHERE = {
     'BackgroundTask': 'pgbg.models',
     'ConfigurationError': 'pgbg.exceptions',
+    'DatabaseError': 'pgbg.exceptions',
     'DatabaseUnavailable': 'pgbg.exceptions',
     'EmbeddedServerError': 'pgbg.exceptions',
     'InvalidOption': 'pgbg.exceptions',
@@ -87,6 +91,7 @@ _WHERE = {
     'TaskAlreadyStarted': 'pgbg.exceptions',
     'TaskFailed': 'pgbg.exceptions',
     'TaskNotFound': 'pgbg.exceptions',
+    'Task': 'pgbg.registry',
     'TaskStatus': 'pgbg.models',
     'Worker': 'pgbg.worker',
     'add_periodic': 'pgbg.periodic',
@@ -113,6 +118,7 @@ _WHERE = {
     'retry_task': 'pgbg.admin',
     'run_in_background': 'pgbg.api',
     'run_in_background_with_limits': 'pgbg.api',
+    'task': 'pgbg.registry',
     'task_stats': 'pgbg.admin',
     'terminate_background': 'pgbg.api',
     'wait_task': 'pgbg.api',
@@ -120,6 +126,8 @@ _WHERE = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "aio":  # the asyncio API, a module of its own
+        return importlib.import_module("pgbg.aio")
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'pgbg' has no attribute {name!r}")
@@ -135,6 +143,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "BackgroundTask",
     "ConfigurationError",
+    "DatabaseError",
     "DatabaseUnavailable",
     "EmbeddedServerError",
     "InvalidOption",
@@ -148,12 +157,14 @@ __all__ = [
     "QueuedTask",
     "Result",
     "SchemaMissing",
+    "Task",
     "TaskAlreadyStarted",
     "TaskFailed",
     "TaskNotFound",
     "TaskStatus",
     "Worker",
     "add_periodic",
+    "aio",
     "configure",
     "doctor",
     "enqueue",
@@ -177,6 +188,7 @@ __all__ = [
     "retry_task",
     "run_in_background",
     "run_in_background_with_limits",
+    "task",
     "task_stats",
     "terminate_background",
     "wait_task",

@@ -24,7 +24,7 @@ from typing import Any, TypeVar, cast
 
 import psycopg
 
-from pgbg import db, queries, storable, waiters
+from pgbg import db, queries, registry, storable, waiters
 from pgbg.decisions import MAX_BACKOFF
 from pgbg.exceptions import (
     DatabaseError,
@@ -76,11 +76,31 @@ class Result:
 
     def get(self, timeout: float | None = None) -> Any:
         """Wait for the task; return its return value, or raise ``TaskFailed``."""
-        task = wait_task(self, timeout)
-        if task.status is not TaskStatus.SUCCEEDED:
-            raise TaskFailed(f"task {task.id} {task.status.value}: {_first_line(task.error)}",
-                             status=task.status.value, error=task.error)
-        return task.result
+        return value_of(wait_task(self, timeout))
+
+    async def atask(self) -> BackgroundTask:
+        """``task()``, awaitable (``pgbg.aio``)."""
+        from pgbg import aio
+
+        return await aio.get_task(self.id)
+
+    async def await_task(self, timeout: float | None = None) -> BackgroundTask:
+        """``wait()``, awaitable: the row once the task is complete."""
+        from pgbg import aio
+
+        return await aio.wait_task(self.id, timeout)
+
+    async def aget(self, timeout: float | None = None) -> Any:
+        """``get()``, awaitable: the return value, or ``TaskFailed``."""
+        return value_of(await self.await_task(timeout))
+
+
+def value_of(task: BackgroundTask) -> Any:
+    """A complete task's return value, or ``TaskFailed`` saying how it ended."""
+    if task.status is not TaskStatus.SUCCEEDED:
+        raise TaskFailed(f"task {task.id} {task.status.value}: {_first_line(task.error)}",
+                         status=task.status.value, error=task.error)
+    return task.result
 
 
 def _first_line(error: str | None) -> str:
@@ -294,13 +314,10 @@ def prepare_enqueue_many(func: Callable[..., Any] | str, args_list: Sequence[Seq
                          run_at: datetime | None = None,
                          delay: float | timedelta | None = None,
                          retry_on: Sequence[type[BaseException] | str] | None = None,
-                         retry_backoff: float | None = None,
-                         unique_key: None = None) -> tuple[list[uuid.UUID], list[dict[str, Any]]]:
+                         retry_backoff: float | None = None
+                         ) -> tuple[list[uuid.UUID], list[dict[str, Any]]]:
     """``enqueue_many``'s arguments validated and serialised: the tasks' ids and the
     batches' insert parameters. Touches nothing."""
-    if unique_key is not None:
-        raise InvalidOption("unique_key names one task: queue it with enqueue, not "
-                            "enqueue_many")
     if kwargs_list is not None and len(kwargs_list) != len(args_list):
         raise InvalidOption(f"kwargs_list has {len(kwargs_list)} items, args_list "
                             f"{len(args_list)}")
@@ -406,6 +423,8 @@ def run_in_background(func: Callable[..., Any] | str, task_type: str, *args: Any
 
 def function_name(func: Callable[..., Any] | str) -> str:
     """``module:qualname`` of a module-level function, or a clear ``InvalidTaskFunction``."""
+    if isinstance(func, registry.Task):
+        return func.name
     if isinstance(func, str):
         module, sep, qualname = func.partition(":")
         if not (sep and module and qualname and all(
@@ -556,7 +575,7 @@ def _check_kwargs(values: Mapping[str, Any]) -> None:
     storable.check_json(values, "kwargs")
 
 
-def _rows(result: Any) -> list[Any]:
+def rows(result: Any) -> list[Any]:
     """The rows of a statement's result, or none if it returns no rows."""
     description = getattr(result, "description", None)
     if description is None and hasattr(result, "returns_rows"):
@@ -567,18 +586,18 @@ def _rows(result: Any) -> list[Any]:
 def executor(connection: Any) -> queries.Executor:
     """Run pgbg's statement inside the caller's transaction, whatever the connection type."""
     if isinstance(connection, psycopg.Connection):
-        return lambda sql, params: _rows(connection.execute(sql, params))
+        return lambda sql, params: rows(connection.execute(sql, params))
     if hasattr(connection, "exec_driver_sql"):  # SQLAlchemy Connection
-        return lambda sql, params: _rows(connection.exec_driver_sql(sql, dict(params)))
+        return lambda sql, params: rows(connection.exec_driver_sql(sql, dict(params)))
     if hasattr(connection, "get_bind") and hasattr(connection, "connection"):  # ORM Session
-        return lambda sql, params: _rows(
+        return lambda sql, params: rows(
             connection.connection().exec_driver_sql(sql, dict(params)))
     if hasattr(connection, "cursor"):  # any other DBAPI connection (psycopg2, …)
         def execute(sql: str, params: Mapping[str, Any]) -> list[Any]:
             cursor = connection.cursor()
             try:
                 cursor.execute(sql, dict(params))
-                return _rows(cursor)
+                return rows(cursor)
             finally:
                 cursor.close()
         return execute
@@ -635,10 +654,10 @@ def get_queued_tasks(task_type: str | None = None) -> list[QueuedTask]:
     ``task_type`` matches exactly. ``queue_position`` is the 1-based place in the whole
     queue, so it means the same with or without the filter.
     """
-    return run(queries.queue_list(_queue_filter(task_type)))
+    return run(queries.queue_list(queue_filter(task_type)))
 
 
-def _queue_filter(task_type: object) -> str | None:
+def queue_filter(task_type: object) -> str | None:
     if task_type is None:
         return None
     if not isinstance(task_type, str):
@@ -676,7 +695,7 @@ def terminate_background(task: object, *, wait: bool = True,
     otherwise wait for).
     """
     tid = task_id(task)
-    row = run(terminate_operation(tid, _requester()), join=False)
+    row = run(terminate_operation(tid, requester()), join=False)
     if wait and not row.status.is_terminal:
         return wait_task(tid, timeout)
     return row
@@ -689,5 +708,5 @@ def terminate_operation(tid: uuid.UUID, requester: str) -> queries.Operation[Bac
     return (yield from get_task_operation(tid))
 
 
-def _requester() -> str:
+def requester() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import fields
 from typing import Any, NoReturn
 
-from pgbg import context, storable
+from pgbg import context, registry, storable
 from pgbg.allowlist import defined_in_allowed, dotted, module_allowed
 from pgbg.exceptions import InvalidTaskFunction, NotAllowed, UnstorableValue
 from pgbg.models import BackgroundTask
@@ -44,20 +44,39 @@ def exception_names(cls: type) -> list[str]:
 
 
 _allow: tuple[str, ...] | None = None  # the worker's --allow (None: any), from ``setup``
+_registered_only = False  # the worker's --registered-only, from ``setup``
 
 
-def setup(database_url: str, allow: Sequence[str] | None) -> None:
+def setup(database_url: str, allow: Sequence[str] | None,
+          registered_only: bool = False) -> None:
     """In the fork server, before it forks: what every child inherits from the worker."""
-    global _allow
+    global _allow, _registered_only
     context.database_url = database_url
     _allow = tuple(allow) if allow is not None else None
+    _registered_only = registered_only
 
 
-def resolve(func: str, allow: Sequence[str] | None = None) -> Any:
+def import_modules(modules: Sequence[str]) -> str | None:
+    """In the fork server, before it forks: import the worker's task modules (``--import``),
+    which declares their tasks; the first failure, as one line, or None."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except BaseException as exc:  # SystemExit from an import included
+            message = str(exc).strip().splitlines()
+            return (f"cannot import the task module {module!r}: {type(exc).__name__}"
+                    + (f": {message[0]}" if message else ""))
+    return None
+
+
+def resolve(func: str, allow: Sequence[str] | None = None,
+            registered_only: bool = False) -> Any:
     """Import ``module:qualname`` and return the function it names. With ``allow`` (module
     prefixes), only a plain function defined in one of those modules: a name that merely
     reaches one through them (``myapp.tasks:os.system``) is refused, and a module outside
-    them is never imported."""
+    them is never imported. With ``registered_only``, only a function declared with
+    ``@pgbg.task`` in the modules already imported (``--import``): any other name is
+    refused, and nothing is imported."""
     module_name, colon, qualname = func.partition(":")
     refused = NotAllowed(f"not allowed: {func} is not a function defined in this worker's "
                          f"allowed modules ({', '.join(allow or ())})")
@@ -67,10 +86,16 @@ def resolve(func: str, allow: Sequence[str] | None = None) -> Any:
         raise InvalidTaskFunction(f"{func!r} is not a module:qualname function name")
     if not module_allowed(module_name, allow):
         raise refused
-    target: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
-    for part in qualname.split("."):
-        target = getattr(target, part)
-    if allow is not None and not defined_in_allowed(target, allow):
+    target: Any = registry.declared(func)
+    if registered_only and target is None:
+        raise NotAllowed(f"not allowed: {func} is not declared with @pgbg.task in this "
+                         "worker's task modules (--registered-only)")
+    if target is None:
+        target = sys.modules.get(module_name) or importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    function = target.func if isinstance(target, registry.Task) else target
+    if allow is not None and not defined_in_allowed(function, allow):
         raise refused
     return target
 
@@ -90,7 +115,7 @@ def serve(task_fd: int, report_fd: int, parent_pid: int) -> NoReturn:
         if data:
             task = json.loads(data)  # a BackgroundTask only if the task asks for it
             context.enter(task, report_fd)
-            message, code = _call(task, _allow)
+            message, code = _call(task, _allow, _registered_only)
             _flush()  # what it printed is in the output pipe before its outcome is reported
             context.report({**message, "exit_code": code})
         else:
@@ -177,16 +202,16 @@ def _run_coroutine(coroutine: Coroutine[Any, Any, Any]) -> Any:
         return runner.run(coroutine)
 
 
-def _call(task: dict[str, Any],
-          allow: Sequence[str] | None = None) -> tuple[dict[str, Any], int]:
+def _call(task: dict[str, Any], allow: Sequence[str] | None = None,
+          registered_only: bool = False) -> tuple[dict[str, Any], int]:
     outcome: dict[str, Any] = {"kind": "outcome"}
     try:
-        func = resolve(task["func"], allow)
+        func = resolve(task["func"], allow, registered_only)
         result = func(*task["args"], **task["kwargs"])
         if inspect.iscoroutine(result):  # an ``async def`` task: its own event loop
             result = _run_coroutine(result)
     except NotAllowed as exc:  # the one line says it all (only resolve raises it)
-        return {**outcome, "status": "failed", "error": str(exc)}, 1
+        return {**outcome, "status": "failed", "error": str(exc), "refused": True}, 1
     except SystemExit as exc:
         if exc.code is None or exc.code == 0:
             return {**outcome, "status": "succeeded"}, 0

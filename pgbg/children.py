@@ -34,9 +34,15 @@ class Children:
     """The fork server and the children of one worker."""
 
     def __init__(self, selector: selectors.BaseSelector, output_limit: int,
-                 allow: tuple[str, ...] | None = None) -> None:
+                 allow: tuple[str, ...] | None = None, registered_only: bool = False,
+                 imports: tuple[str, ...] = ()) -> None:
         self.selector = selector
         self.allow = allow  # module prefixes: each child checks what a name resolves to
+        self.registered_only = registered_only  # only @pgbg.task functions of ``imports``
+        self.imports = imports  # task modules the fork server imports before it forks
+        # With registered_only: the names the fork server's imports declared (each child
+        # checks again); None: any name.
+        self.declared: frozenset[str] | None = None
         self.output_limit = output_limit  # bytes of each task's stdout/stderr kept
         self.running: dict[int, Attempt] = {}  # by pid: handed to a spare, until reaped
         self._client: forkserver.Client | None = None
@@ -52,7 +58,10 @@ class Children:
 
     def open(self, database_url: str) -> None:
         self._database_url = database_url
-        self._client = forkserver.Client(database_url, allow=self.allow)
+        self._client = forkserver.Client(database_url, allow=self.allow,
+                                         registered_only=self.registered_only,
+                                         imports=self.imports)
+        self.declared = self._client.declared
         self.selector.register(self._client.fileno(), selectors.EVENT_READ, "events")
         self._preloaded.clear()
         self._generation = 0

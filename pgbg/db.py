@@ -24,7 +24,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from pgbg import context
-from pgbg.exceptions import DatabaseUnavailable, SchemaMissing
+from pgbg.exceptions import ConfigurationError, DatabaseUnavailable, SchemaMissing
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -37,6 +37,7 @@ _shared: psycopg.Connection[Any] | None = None
 _shared_pid: int | None = None
 _inherited: list[Any] = []  # connections a forked child must keep but never touch
 _provider: Callable[[], Any] | None = None  # use_connection's
+_configured = 0  # configure() calls
 # wait_task's connection is pgbg/waiters.py's: one per process, whatever the waiters.
 try:
     VERSION = _metadata.version("pgbg")
@@ -60,7 +61,7 @@ def configure(url: str | None = None, *, engine: Engine | None = None,
     LISTEN does not work); default from ``PGBG_NO_LISTEN``. Call with no arguments to go
     back to the environment / embedded default.
     """
-    global _explicit_url, _resolved_url, _listen
+    global _explicit_url, _resolved_url, _listen, _configured
     _listen = listen
     if url is not None and engine is not None:
         from pgbg.exceptions import ConfigurationError
@@ -72,6 +73,7 @@ def configure(url: str | None = None, *, engine: Engine | None = None,
         _explicit_url = libpq_url(url) if url else None
         _resolved_url = None
         _drop_shared()
+        _configured += 1
     from pgbg import waiters  # imports this module
 
     waiters.stop()  # its connection is to the database configured before
@@ -93,6 +95,17 @@ def use_connection(provider: Callable[[], Any] | None) -> None:
 def caller_connection() -> Any:
     """The connection ``use_connection``'s provider gives now, or None."""
     return _provider() if _provider is not None else None
+
+
+def configured() -> int:
+    """How many times ``configure`` ran: a connection made before it is to the old database."""
+    return _configured
+
+
+def park(conn: Any) -> None:
+    """In a forked child: keep the parent's connection referenced, never use or close it
+    (closing it would end the parent's session)."""
+    _inherited.append(conn)
 
 
 def listen_enabled() -> bool:
@@ -199,23 +212,42 @@ def connect(url: str | None = None, *, autocommit: bool = True,
     server's default (pgbg's claim is correct only there); autocommit statements that need
     it go through ``read_committed``.
     """
+    target, options = connect_options(url, autocommit, application_name, prepare)
+    with unavailable(target):
+        conn = psycopg.connect(target, **options)
+    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+    return conn
+
+
+def connect_options(url: str | None, autocommit: bool, application_name: str,
+                    prepare: bool | None) -> tuple[str, dict[str, Any]]:
+    """The URL and keyword arguments of ``connect`` (``pgbg.aio`` opens its async
+    connections with the same)."""
     target = url or database_url()
     try:
         own = conninfo_to_dict(target)
-        keepalive: dict[str, Any] = {k: v for k, v in KEEPALIVE.items() if k not in own}
-        conn = psycopg.connect(target, autocommit=autocommit, connect_timeout=10,
-                               application_name=versioned_name(application_name),
-                               # 5: psycopg's own default; None: never prepare
-                               prepare_threshold=5 if (prepare_enabled() if prepare is None
-                                                       else prepare) else None,
-                               **keepalive)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"the database URL {mask_url(target)} cannot be read: "
+                                 f"{mask_url(str(exc))}") from None
+    keepalive: dict[str, Any] = {k: v for k, v in KEEPALIVE.items() if k not in own}
+    return target, {"autocommit": autocommit, "connect_timeout": 10,
+                    "application_name": versioned_name(application_name),
+                    # 5: psycopg's own default; None: never prepare
+                    "prepare_threshold": 5 if (prepare_enabled() if prepare is None
+                                               else prepare) else None,
+                    **keepalive}
+
+
+@contextmanager
+def unavailable(target: str) -> Iterator[None]:
+    """A failure to connect to ``target`` as ``DatabaseUnavailable``, password masked."""
+    try:
+        yield
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailable(
             f"cannot connect to {mask_url(target)}: {mask_url(reason)}"
         ) from exc
-    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
-    return conn
 
 
 _READ_COMMITTED = "read committed"

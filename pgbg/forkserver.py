@@ -43,6 +43,7 @@ import gc
 import importlib
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -54,7 +55,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pgbg import child
+from pgbg import child, registry
 
 if TYPE_CHECKING:
     import subprocess
@@ -73,6 +74,7 @@ SPARES = 2  # children kept forked and waiting: two starts in a row wait for no 
 MAX_REPORT = child.MAX_REPORT  # bytes of one report line (a result included); longer: dropped
 REPORT_READ = 1 << 20  # bytes of reports read per call: the loop attends to others between
 PRELOAD_TIMEOUT = 30.0  # seconds a trial import may take before the module is never preloaded
+IMPORT_TIMEOUT = 120.0  # seconds the worker's --import modules may take to import
 FD_SIZE = array.array("i").itemsize
 WATCH = struct.Struct("=i")  # to the group watcher: a pid given a task; minus it, reaped
 
@@ -565,9 +567,13 @@ class Client:
     """The worker's end: starts the fork server, sends it commands, reads its events."""
 
     def __init__(self, database_url: str, spares: int = SPARES,
-                 allow: Sequence[str] | None = None) -> None:
+                 allow: Sequence[str] | None = None, registered_only: bool = False,
+                 imports: Sequence[str] = ()) -> None:
         """``allow``: the worker's module prefixes (None: any), checked again by each child
-        on what a task's name resolves to."""
+        on what a task's name resolves to. ``imports``: task modules the fork server
+        imports before it forks anything (their failure is a ``ConfigurationError`` here);
+        ``declared`` is then the ``@pgbg.task`` names they declared, if
+        ``registered_only``."""
         import subprocess  # here, not at the top: the fork server itself never needs it
 
         from pgbg.db import without_password
@@ -588,7 +594,28 @@ class Client:
         theirs.close()
         self.sock = ours
         ours.send(json.dumps({"op": "setup", "database_url": database_url,
-                              "allow": list(allow) if allow is not None else None}).encode())
+                              "allow": list(allow) if allow is not None else None,
+                              "registered_only": registered_only,
+                              "imports": list(imports)}).encode())
+        self.declared: frozenset[str] | None = None
+        if imports:
+            declared = self._imported()
+            self.declared = declared if registered_only else None
+
+    def _imported(self) -> frozenset[str]:
+        """The fork server's answer to its imports: the names they declared."""
+        from pgbg.exceptions import ConfigurationError
+
+        ready, _, _ = select.select([self.sock], [], [], IMPORT_TIMEOUT)
+        data = self.sock.recv(1 << 24) if ready else b""
+        event = json.loads(data) if data else {}
+        error = event.get("error") or (None if data else (
+            f"the task modules took longer than {IMPORT_TIMEOUT:.0f} s to import" if not ready
+            else "the fork server exited while importing the task modules"))
+        if error is not None:
+            self.close()
+            raise ConfigurationError(error)
+        return frozenset(event["declared"])
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -677,11 +704,17 @@ def main() -> None:
     if not setup:
         os._exit(0)  # the worker is gone already
     command = json.loads(setup)
-    child.setup(command["database_url"], command["allow"])
+    child.setup(command["database_url"], command["allow"], command.get("registered_only", False))
     if os.environ.get("PGBG_DJANGO") == "1":  # manage.py pgbg worker: Django's apps loaded
-        from pgbg.contrib.django import forking  # once, here; each child drops inherited
+        from pgbg.contrib.django import forking  # once, here, before any task module; each
 
-        forking.setup()  # database connections (pgbg/contrib/django/forking.py)
+        forking.setup()  # child drops inherited connections (pgbg/contrib/django/forking.py)
+    if command.get("imports"):  # before anything is forked: every child has them
+        error = child.import_modules(command["imports"])
+        sock.send(json.dumps({"ev": "imported", "error": error,
+                              "declared": registry.declared_names()}).encode())
+        if error is not None:
+            os._exit(1)
     child.inherited_signals()  # after the watcher's fork: only the spares need them
     Server(sock, spares, watcher=watcher).serve()
 

@@ -71,6 +71,11 @@ class Supervisor:
                     task.id, task.attempt, TaskStatus.FAILED,
                     error=f"not allowed: {task.func} is outside this worker's allowed "
                           f"modules ({', '.join(self.policy.allow or ())})"))
+            elif self.children.declared is not None and task.func not in self.children.declared:
+                self.ledger.ended(attempt, Outcome(
+                    task.id, task.attempt, TaskStatus.FAILED,
+                    error=f"not allowed: {task.func} is not declared with @pgbg.task in this "
+                          "worker's task modules (--registered-only)"))
         self.start_waiting()
 
     def start_waiting(self) -> None:
@@ -177,6 +182,8 @@ class Supervisor:
         return ended
 
     def _retry_delay(self, attempt: Attempt, ended: Outcome) -> float | None:
+        if (attempt.report or {}).get("refused"):
+            return None  # this worker will not run it: no attempt would go otherwise
         raised = (attempt.report or {}).get("exception_types") or []
         return decisions.retry_delay(attempt.task, ended, error_exit=attempt.error_exit,
                                      raised=raised, default_backoff=self.policy.retry_backoff)

@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 
 from pgbg import db, notify, queries
-from pgbg.exceptions import DatabaseUnavailable, SchemaMissing, TaskNotFound
+from pgbg.exceptions import DatabaseError, DatabaseUnavailable, SchemaMissing, TaskNotFound
 from pgbg.models import BackgroundTask, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,10 @@ class Waits:
 
     def ids(self) -> list[uuid.UUID]:
         return list(self._by_id)
+
+    def count(self) -> int:
+        """Waiters, not ids: two waits on one task are two."""
+        return sum(map(len, self._by_id.values()))
 
     def add(self, waiter: Waiter) -> None:
         self._by_id.setdefault(waiter.task_id, []).append(waiter)
@@ -380,29 +384,80 @@ def wait(tid: uuid.UUID, deadline: float | None) -> BackgroundTask:
         waiter = current.add(tid, woken.set)
         try:
             while not waiter.settled:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    if current.unavailable:
-                        raise TimeoutError(f"task {tid} did not complete in time "
-                                           "(database unreachable)")
-                    if waiter.status is not None:
-                        raise TimeoutError(f"task {tid} did not complete in time "
-                                           f"(status: {waiter.status.value})")
-                    remaining = 0.05  # the first read is under way: its answer decides
-                woken.wait(remaining)
+                woken.wait(_remaining(waiter, current, deadline))
         finally:
             current.discard(waiter)
-        if waiter.stopped:
-            continue
-        if waiter.missing:
-            raise TaskNotFound(f"no task with id {tid}")
-        if waiter.error is not None:
-            if isinstance(waiter.error, (psycopg.errors.UndefinedTable,
-                                         psycopg.errors.InvalidSchemaName)):
-                raise SchemaMissing() from waiter.error
-            raise waiter.error
-        assert waiter.row is not None
-        return waiter.row
+        if not waiter.stopped:  # else its dispatcher stopped: wait on the new one
+            return _answer(waiter)
+
+
+async def wait_async(tid: uuid.UUID, deadline: float | None) -> BackgroundTask:
+    """``wait``'s twin for asyncio, on the same dispatcher: its thread wakes the awaiting
+    task through the loop (``call_soon_threadsafe``). Cancelling the await discards the
+    waiter and nothing else."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    while True:
+        current = dispatcher()
+        woken = asyncio.Event()
+
+        def wake(event: asyncio.Event = woken) -> None:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # the loop closed: nobody awaits any more
+                pass
+
+        waiter = current.add(tid, wake)
+        try:
+            while not waiter.settled:
+                remaining = _remaining(waiter, current, deadline)  # raises at the deadline
+                try:
+                    await asyncio.wait_for(woken.wait(), remaining)
+                except TimeoutError:
+                    pass
+        finally:
+            current.discard(waiter)
+        if not waiter.stopped:
+            return _answer(waiter)
+
+
+def _remaining(waiter: Waiter, current: Dispatcher, deadline: float | None) -> float | None:
+    """Seconds to wait for a wake-up before looking again; ``TimeoutError`` once the
+    deadline passed and the task's state is known (or the database is unreachable)."""
+    remaining = None if deadline is None else deadline - time.monotonic()
+    if remaining is None or remaining > 0:
+        return remaining
+    if current.unavailable:
+        raise TimeoutError(f"task {waiter.task_id} did not complete in time "
+                           "(database unreachable)")
+    if waiter.status is not None:
+        raise TimeoutError(f"task {waiter.task_id} did not complete in time "
+                           f"(status: {waiter.status.value})")
+    return 0.05  # the first read is under way: its answer decides
+
+
+def _answer(waiter: Waiter) -> BackgroundTask:
+    """A settled waiter's row, or the error that settled it."""
+    if waiter.missing:
+        raise TaskNotFound(f"no task with id {waiter.task_id}")
+    if waiter.error is not None:
+        if isinstance(waiter.error, (psycopg.errors.UndefinedTable,
+                                     psycopg.errors.InvalidSchemaName)):
+            raise SchemaMissing() from waiter.error
+        raise DatabaseError(f"the database refused to read task {waiter.task_id}: "
+                            f"{type(waiter.error).__name__}: {waiter.error}") from waiter.error
+    assert waiter.row is not None
+    return waiter.row
+
+
+def waiting_count() -> int:
+    """How many waits (sync and async) this process's dispatcher holds now."""
+    current = _current
+    if current is None or current.pid != os.getpid():
+        return 0
+    with current.lock:
+        return current.waits.count()
 
 
 def waiting_ids() -> Sequence[uuid.UUID]:

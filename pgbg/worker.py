@@ -23,10 +23,11 @@ import selectors
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from pgbg import children, db, notify
+from pgbg.allowlist import dotted
 from pgbg.attempts import ALIVE, Phase
 from pgbg.duty import Duty
 from pgbg.exceptions import DatabaseUnavailable, InvalidOption
@@ -53,7 +54,8 @@ class Worker:
                  task_timeout: float | None = None, retention: float | None = None,
                  allow: list[str] | None = None, retry_backoff: float = 1.0,
                  output_limit: int = 1 << 20, listen: bool | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None,
+                 registered_only: bool = False, imports: Sequence[str] = ()) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidOption(f"concurrency must be a positive int, not {concurrency!r}")
         if not 0 < heartbeat_interval < lease:
@@ -63,6 +65,13 @@ class Worker:
             raise InvalidOption(f"task_timeout must be positive, not {task_timeout!r}")
         if retention is not None and not retention >= 0:
             raise InvalidOption(f"retention must not be negative, not {retention!r}")
+        imports = tuple(imports)
+        for module in imports:
+            if not isinstance(module, str) or not module or not dotted(module):
+                raise InvalidOption(f"imports: {module!r} is not a module name")
+        if registered_only and not imports:
+            raise InvalidOption("registered_only runs only the @pgbg.task functions of the "
+                                "modules the worker imports: name them (--import MODULE)")
         self.id = uuid.uuid4()
         self.concurrency = concurrency
         self.poll_interval = poll_interval
@@ -88,7 +97,13 @@ class Worker:
         self._db = WorkerDatabase(self.id, self.hostname, concurrency, self.listen,
                                   self._selector)
         # output_limit: bytes of each task's stdout/stderr kept in its log
-        self._children = children.Children(self._selector, output_limit, self.allow)
+        # registered_only: only @pgbg.task functions of ``imports`` run; any other name
+        # fails without being imported. ``imports`` are imported by the fork server before
+        # it forks (a failure stops the worker at its start).
+        self.registered_only = registered_only
+        self.imports = imports
+        self._children = children.Children(self._selector, output_limit, self.allow,
+                                           registered_only, imports)
         self._sup = Supervisor(Policy(concurrency, kill_grace, task_timeout, retry_backoff,
                                       self.allow, lease), self._children)
         self._ledger = self._sup.ledger

@@ -40,6 +40,13 @@ def worker(
     ] = 1.0,
     output_limit: Annotated[int, typer.Option(
         min=0, help="Bytes of each task's stdout/stderr kept in its log.")] = 1 << 20,
+    registered_only: Annotated[bool, typer.Option(
+        "--registered-only", help="Only run functions declared with @pgbg.task in the "
+        "--import modules; any other name fails without being imported.")] = False,
+    imports: Annotated[list[str] | None, typer.Option(
+        "--import", help="A module to import before the first task (repeatable; also "
+        "PGBG_IMPORT, comma-separated): its @pgbg.task functions are declared, and an "
+        "import error stops the worker at its start.")] = None,
     listen: Annotated[bool | None, typer.Option(
         "--listen/--no-listen", help="--no-listen: poll only (for a transaction-pooling "
         "PgBouncer); default from PGBG_NO_LISTEN.")] = None,
@@ -65,7 +72,8 @@ def worker(
                task_timeout=task_timeout,
                retention=parse_duration(retention).total_seconds() if retention else None,
                allow=allow or _env_list("PGBG_ALLOW"), retry_backoff=retry_backoff,
-               output_limit=output_limit, listen=listen)
+               output_limit=output_limit, listen=listen, registered_only=registered_only,
+               imports=imports or _env_list("PGBG_IMPORT") or ())
 
     def on_signal(_signum: int, _frame: object) -> None:
         w.stop()  # a second SIGINT/SIGTERM is a hard stop

@@ -3,23 +3,14 @@ same outcomes, context and termination as a plain function's."""
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import pgbg_test_async_tasks as tasks
-from conftest import Driver, WorkerProcess, wait_for
+from conftest import Driver, WorkerProcess, alive, wait_for
 
 import pgbg
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_async_task_return_value_and_context(make_worker: Callable[..., Driver]) -> None:
@@ -85,5 +76,5 @@ def test_terminate_async_task_kills_its_process_group(
     task = pgbg.terminate_background(result, timeout=60)
     assert task.status is pgbg.TaskStatus.TERMINATED
     assert task.signal == signal.SIGTERM
-    wait_for(lambda: _gone(child_pid) and _gone(grandchild_pid), timeout=10,
+    wait_for(lambda: not alive(child_pid) and not alive(grandchild_pid), timeout=10,
              message="the async task's process group to be gone")

@@ -1,0 +1,1 @@
+"""A FastAPI application that queues its background work with pgbg (see README.md)."""
