@@ -94,7 +94,7 @@ def test_each_child_opens_its_own_django_connections(django_db: str, site_worker
 def test_limits_hold_for_a_task_declared_with_num_of_task_type(
         django_db: str, site_worker: Any, hold_file: Path) -> None:
     hold_file.touch()
-    site_worker(3, STUDIES_HOLD_FILE=str(hold_file))
+    site_worker(3, "--import", "studies.tasks", STUDIES_HOLD_FILE=str(hold_file))
     studies = [Study.objects.create(accession=f"S-{n}", series=1) for n in range(3)]
     results = [import_study.enqueue(study.pk) for study in studies]
     running = wait_for(lambda: pgbg.list_tasks(status=["running"]), message="one import running")
