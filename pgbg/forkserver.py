@@ -692,6 +692,10 @@ def main() -> None:
         os._exit(0)  # the worker is gone already
     command = json.loads(setup)
     child.setup(command["database_url"], command["allow"], command.get("registered_only", False))
+    if os.environ.get("PGBG_DJANGO") == "1":  # manage.py pgbg worker: Django's apps loaded
+        from pgbg.contrib.django import forking  # once, here, before any task module; each
+
+        forking.setup()  # child drops inherited connections (pgbg/contrib/django/forking.py)
     if command.get("imports"):  # before anything is forked: every child has them
         error = child.import_modules(command["imports"])
         names = registry.declared_names()

@@ -1,0 +1,1 @@
+"""Integrations of pgbg with frameworks; each subpackage needs its framework installed."""
