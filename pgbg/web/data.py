@@ -1,0 +1,381 @@
+"""The dashboard's SQL: read-only statements, each taking a connection, returning plain data.
+
+Every statement is written so that its cost does not grow with history: live tasks are
+read through the partial indexes on the live states (each branch's WHERE is exactly an
+index predicate, so the planner can use it), finished tasks through
+``task_finished_at_idx``, bounded by a time window or a page size.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgbg import queries
+from pgbg.models import BackgroundTask, TaskStatus
+
+# Each branch's WHERE is an index predicate word for word: the queued tasks without limits
+# (task_claim_free_idx), with limits (task_claim_limited_idx), the running ones
+# (task_running_idx) and the failed whose process still runs (task_error_exit_idx).
+_FREE = "num_proc = 0 AND num_of_task_type = '{}'::jsonb"
+LIVE_BRANCHES = (
+    f"status = 'queued' AND {_FREE}",
+    f"status = 'queued' AND ({_FREE}) IS NOT TRUE",
+    "status = 'running'",
+    "status = 'failed' AND finished_at IS NULL",
+)
+
+
+def _live(columns: str) -> str:
+    return " UNION ALL ".join(f"SELECT {columns} FROM pgbg.task WHERE {where}"
+                              for where in LIVE_BRANCHES)
+
+
+# -- overview --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Counts:
+    """Tasks by type and status: the live ones, and those finished in the window."""
+
+    by_type: dict[str, dict[str, int]]
+    window_seconds: float
+
+    def total(self, status: str) -> int:
+        return sum(row.get(status, 0) for row in self.by_type.values())
+
+
+def counts(conn: psycopg.Connection[Any], window: float) -> Counts:
+    rows = conn.execute(
+        f"""SELECT task_type, status::text, count(*) FROM ({_live("task_type, status")}
+                UNION ALL
+                SELECT task_type, status FROM pgbg.task
+                 WHERE finished_at IS NOT NULL
+                   AND finished_at >= now() - make_interval(secs => %(window)s)) t
+             GROUP BY 1, 2""", {"window": window}).fetchall()
+    by_type: dict[str, dict[str, int]] = {}
+    for task_type, status, n in rows:
+        by_type.setdefault(task_type, {})[status] = int(n)
+    return Counts(dict(sorted(by_type.items())), window)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    start: datetime
+    finished: int
+    failed: int  # failed or terminated
+    wait_avg: float | None  # seconds, of the tasks that finished in the bucket
+    wait_p95: float | None
+    run_avg: float | None
+    run_p95: float | None
+
+
+def series(conn: psycopg.Connection[Any], window: float, step: float) -> list[Bucket]:
+    """Tasks finished per ``step`` seconds over the last ``window``, oldest first, every
+    bucket present (empty ones as zero); wait and run times of the tasks in each."""
+    rows = conn.execute(
+        """WITH bounds AS (
+               SELECT date_bin(make_interval(secs => %(step)s), now(), 'epoch'::timestamptz)
+                      - make_interval(secs => %(window)s) + make_interval(secs => %(step)s)
+                      AS first),
+           finished AS (
+               SELECT date_bin(make_interval(secs => %(step)s), finished_at,
+                               'epoch'::timestamptz) AS b,
+                      status, started_at - queued_at AS wait, finished_at - started_at AS run
+                 FROM pgbg.task, bounds
+                WHERE finished_at IS NOT NULL AND finished_at >= bounds.first),
+           agg AS (
+               SELECT b, count(*) AS n,
+                      count(*) FILTER (WHERE status IN ('failed', 'terminated')) AS bad,
+                      extract(epoch FROM avg(wait))::float AS wait_avg,
+                      extract(epoch FROM percentile_cont(0.95) WITHIN GROUP (ORDER BY wait))
+                          ::float AS wait_p95,
+                      extract(epoch FROM avg(run))::float AS run_avg,
+                      extract(epoch FROM percentile_cont(0.95) WITHIN GROUP (ORDER BY run))
+                          ::float AS run_p95
+                 FROM finished GROUP BY b)
+           SELECT g.b, coalesce(agg.n, 0), coalesce(agg.bad, 0), agg.wait_avg, agg.wait_p95,
+                  agg.run_avg, agg.run_p95
+             FROM bounds,
+                  generate_series(bounds.first, now(), make_interval(secs => %(step)s)) g(b)
+             LEFT JOIN agg ON agg.b = g.b
+            ORDER BY g.b""", {"window": window, "step": step}).fetchall()
+    return [Bucket(r[0], int(r[1]), int(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """A task as a list shows it (no arguments or result: those can be large)."""
+
+    id: uuid.UUID
+    task_type: str
+    status: str
+    priority: int
+    attempt: int
+    max_attempts: int
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    hostname: str | None
+    pid: int | None
+    error_line: str  # the last line of the error, at most ERROR_LINE characters
+
+    @property
+    def sort_at(self) -> datetime:
+        return self.finished_at or self.queued_at
+
+
+ERROR_LINE = 300
+_ROW_COLUMNS = f"""id, task_type, status::text AS status, priority, attempt, max_attempts,
+    queued_at, started_at, finished_at, hostname, pid,
+    left(coalesce(substring(rtrim(right(error, 4000), E' \\n\\r\\t') FROM '[^\\n]*$'), ''),
+         {ERROR_LINE}) AS error_line"""
+
+
+def _rows(cur: psycopg.Cursor[Any]) -> list[TaskRow]:
+    return [TaskRow(**row) for row in cur.fetchall()]
+
+
+def recent_failures(conn: psycopg.Connection[Any], limit: int = 10) -> list[TaskRow]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"""SELECT {_ROW_COLUMNS} FROM pgbg.task
+                         WHERE finished_at IS NOT NULL AND status IN ('failed', 'terminated')
+                         ORDER BY finished_at DESC, id DESC LIMIT %s""", (limit,))
+        return _rows(cur)
+
+
+def live_tasks(conn: psycopg.Connection[Any], statuses: Sequence[str] | None,
+               task_type: str | None, since: float | None, text: str | None,
+               limit: int) -> list[TaskRow]:
+    """Tasks not finished (queued, running, failed but still exiting), newest first;
+    ``since``: queued within that many seconds."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"""SELECT {_ROW_COLUMNS} FROM ({_live("*")}) t
+                 WHERE (%(statuses)s::text[] IS NULL OR status::text = ANY(%(statuses)s))
+                   AND (%(type)s::text IS NULL OR task_type = %(type)s)
+                   AND (%(since)s::float IS NULL
+                        OR queued_at >= now() - make_interval(secs => %(since)s))
+                   AND (%(text)s::text IS NULL OR strpos(lower(error), lower(%(text)s)) > 0)
+                 ORDER BY queued_at DESC, id DESC LIMIT %(limit)s""",
+            {"statuses": list(statuses) if statuses else None, "type": task_type,
+             "since": since, "text": text, "limit": limit})
+        return _rows(cur)
+
+
+def stuck_tasks(conn: psycopg.Connection[Any], lease: float, limit: int) -> list[TaskRow]:
+    """Running tasks whose worker is gone or has not heartbeat within ``lease`` seconds."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"""SELECT {_ROW_COLUMNS} FROM pgbg.task t
+                 WHERE status = 'running' AND NOT EXISTS (
+                       SELECT 1 FROM pgbg.worker w WHERE w.id = t.worker_id
+                          AND w.heartbeat_at >= now() - make_interval(secs => %s))
+                 ORDER BY started_at, id LIMIT %s""", (lease, limit))
+        return _rows(cur)
+
+
+FINISHED_PAGE = """SELECT {columns} FROM pgbg.task
+ WHERE finished_at IS NOT NULL
+   AND (%(statuses)s::text[] IS NULL OR status::text = ANY(%(statuses)s))
+   AND (%(type)s::text IS NULL OR task_type = %(type)s)
+   AND (%(since)s::float IS NULL OR finished_at >= now() - make_interval(secs => %(since)s))
+   AND (%(text)s::text IS NULL OR strpos(lower(error), lower(%(text)s)) > 0)
+   AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
+   AND (%(after_at)s::timestamptz IS NULL OR finished_at < %(after_at)s
+        OR id < %(after_id)s::uuid)
+ ORDER BY finished_at DESC, id DESC LIMIT %(limit)s"""
+
+
+def finished_params(statuses: Sequence[str] | None, task_type: str | None,
+                    since: float | None, text: str | None,
+                    after: tuple[datetime, uuid.UUID] | None, limit: int) -> dict[str, Any]:
+    return {"statuses": list(statuses) if statuses else None, "type": task_type,
+            "since": since, "text": text, "after_at": after[0] if after else None,
+            "after_id": after[1] if after else None, "limit": limit}
+
+
+def finished_tasks(conn: psycopg.Connection[Any], statuses: Sequence[str] | None,
+                   task_type: str | None, since: float | None, text: str | None,
+                   after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[TaskRow]:
+    """One page of finished tasks, newest first: keyset pagination on (finished_at, id),
+    so any page costs what the first does (``task_finished_at_idx``, read backwards)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(FINISHED_PAGE.format(columns=_ROW_COLUMNS),
+                    finished_params(statuses, task_type, since, text, after, limit))
+        return _rows(cur)
+
+
+def failed_ids(conn: psycopg.Connection[Any], task_type: str | None, since: float | None,
+               text: str | None, statuses: Sequence[str], limit: int) -> list[uuid.UUID]:
+    """The ids of the finished tasks a bulk retry would queue again (at most ``limit``)."""
+    rows = conn.execute(FINISHED_PAGE.format(columns="id"),
+                        finished_params(statuses, task_type, since, text, None, limit)
+                        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def task_types(conn: psycopg.Connection[Any], limit: int = 200) -> list[str]:
+    """Types seen recently (live, or finished in the last week), for the filter's list."""
+    rows = conn.execute(
+        f"""SELECT DISTINCT task_type FROM ({_live("task_type")}
+                UNION ALL
+                (SELECT task_type FROM pgbg.task WHERE finished_at IS NOT NULL
+                    AND finished_at >= now() - interval '7 days'
+                  ORDER BY finished_at DESC LIMIT 20000)) t
+             ORDER BY 1 LIMIT %s""", (limit,)).fetchall()
+    return [row[0] for row in rows]
+
+
+# -- one task --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LogLine:
+    id: int
+    at: datetime
+    level: str
+    message: str
+
+
+def task(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> BackgroundTask | None:
+    return queries.task_get(conn, task_id)
+
+
+def task_log(conn: psycopg.Connection[Any], task_id: uuid.UUID, after: int = 0,
+             limit: int = 500) -> tuple[list[LogLine], int]:
+    """Log lines after line id ``after``, the latest ``limit`` of them, oldest first; and
+    how many earlier lines after ``after`` were left out."""
+    rows = conn.execute(
+        """SELECT id, at, level, message, count(*) OVER () FROM (
+               SELECT id, at, level, message FROM pgbg.task_log
+                WHERE task_id = %s AND id > %s ORDER BY id DESC) l
+            ORDER BY id DESC LIMIT %s""", (task_id, after, limit)).fetchall()
+    total = int(rows[0][4]) if rows else 0
+    lines = [LogLine(r[0], r[1], r[2], r[3]) for r in reversed(rows)]
+    return lines, total - len(lines)
+
+
+def task_links(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> list[tuple[str, str]]:
+    return queries.task_link_list(conn, task_id)
+
+
+# -- queue, workers, periodic ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class QueueRow:
+    position: int
+    id: uuid.UUID
+    task_type: str
+    priority: int
+    queued_at: datetime
+    waiting: float
+    run_at: datetime | None
+    blocked_by: list[str]
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.blocked_by) or "a free worker slot"
+
+
+def queue(conn: psycopg.Connection[Any], task_type: str | None, limit: int) -> list[QueueRow]:
+    rows = conn.execute(
+        """SELECT queue_position, id, task_type, priority, queued_at,
+                  extract(epoch FROM waiting)::float, run_at, blocked_by
+             FROM pgbg.queue
+            WHERE %(type)s::text IS NULL OR task_type = %(type)s
+            ORDER BY queue_position LIMIT %(limit)s""",
+        {"type": task_type, "limit": limit}).fetchall()
+    return [QueueRow(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], list(r[7] or []))
+            for r in rows]
+
+
+def workers(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return queries.worker_list(conn)
+
+
+def periodic(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            """SELECT p.name, p.func, p.task_type, p.cron, p.every, p.timezone, p.enabled,
+                      p.next_run_at, p.last_period, p.last_task_id,
+                      t.status::text AS last_status
+                 FROM pgbg.periodic p LEFT JOIN pgbg.task t ON t.id = p.last_task_id
+                ORDER BY p.next_run_at, p.name""").fetchall()
+
+
+# -- /metrics --------------------------------------------------------------------------
+
+# Upper bounds (seconds) of the wait and run time histograms.
+BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600)
+
+
+def metric_readings(conn: psycopg.Connection[Any], window: float,
+                    lease: float) -> dict[str, Any]:
+    """Everything ``/metrics`` reports, read in one round trip."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            f"""SELECT
+                 (SELECT coalesce(jsonb_agg(jsonb_build_array(task_type, status, n)), '[]')
+                    FROM (SELECT task_type, status::text AS status, count(*) AS n
+                            FROM ({_live("task_type, status")}) l GROUP BY 1, 2) c)
+                   AS live,
+                 (SELECT coalesce(jsonb_agg(jsonb_build_array(task_type, n,
+                                                              extract(epoch FROM oldest))),
+                                  '[]')
+                    FROM (SELECT task_type, count(*) AS n, now() - min(queued_at) AS oldest
+                            FROM ({_live("task_type, status, queued_at, run_at")}) l
+                           WHERE status = 'queued' AND (run_at IS NULL OR run_at <= now())
+                           GROUP BY 1) q) AS queue,
+                 (SELECT coalesce(jsonb_agg(jsonb_build_array(task_type, status, n, claimed,
+                                                              wait_hist, wait_sum, run_hist,
+                                                              run_sum)), '[]')
+                    FROM (SELECT task_type, status::text AS status, count(*) AS n,
+                                 count(*) FILTER (WHERE started_at IS NOT NULL) AS claimed,
+                                 ARRAY[{_hist("started_at - queued_at")}] AS wait_hist,
+                                 coalesce(extract(epoch FROM sum(started_at - queued_at)),
+                                          0)::float AS wait_sum,
+                                 ARRAY[{_hist("finished_at - started_at")}] AS run_hist,
+                                 coalesce(extract(epoch FROM sum(finished_at - started_at)),
+                                          0)::float AS run_sum
+                            FROM pgbg.task
+                           WHERE finished_at IS NOT NULL
+                             AND finished_at >= now() - make_interval(secs => %(window)s)
+                           GROUP BY 1, 2) f) AS finished,
+                 (SELECT coalesce(jsonb_agg(jsonb_build_array(
+                             w.id, w.hostname, w.pid, w.concurrency,
+                             (SELECT count(*) FROM pgbg.task t
+                               WHERE t.status = 'running' AND t.worker_id = w.id),
+                             extract(epoch FROM now() - w.heartbeat_at),
+                             w.heartbeat_at < now() - make_interval(secs => %(lease)s))),
+                          '[]') FROM pgbg.worker w) AS workers,
+                 (SELECT count(*) FROM pgbg.periodic WHERE enabled) AS periodic_enabled
+            """, {"window": window, "lease": lease}).fetchone()
+    assert row is not None
+    return dict(row)
+
+
+def _hist(interval: str) -> str:
+    """Cumulative counts of ``interval`` (seconds) at or below each bucket bound, and +Inf
+    (the count of those that have a value)."""
+    parts = [f"count(*) FILTER (WHERE extract(epoch FROM {interval}) <= {bound})"
+             for bound in BUCKETS]
+    return ", ".join([*parts, f"count({interval})"])
+
+
+def status_values() -> list[str]:
+    return [s.value for s in TaskStatus]
+
+
+def ping(conn: psycopg.Connection[Any]) -> tuple[bool, str]:
+    """Whether the schema is there: (True, version) or (False, why)."""
+    row = conn.execute("SELECT to_regclass('pgbg.task') IS NOT NULL, "
+                       "(SELECT version_num FROM pgbg.alembic_version LIMIT 1) "
+                       "WHERE to_regclass('pgbg.alembic_version') IS NOT NULL").fetchone()
+    if row is None:
+        return False, "the pgbg schema is missing: run `pgbg migrate`"
+    return bool(row[0]), str(row[1])

@@ -1,0 +1,60 @@
+"""A few idle connections for the dashboard's request threads, guarded by a lock.
+
+Every statement runs in autocommit: no transaction stays open while a page renders (a
+request takes a connection, reads, gives it back, then renders). Nothing is SET on a
+connection and statements are prepared only as ``db.connect`` allows, so it works through
+a transaction-pooling PgBouncer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from pgbg import db
+from pgbg.exceptions import DatabaseUnavailable, SchemaMissing
+
+
+class Pool:
+    def __init__(self, url: str | None = None, idle: int = 4) -> None:
+        self.url = url
+        self.max_idle = idle
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None or conn.closed or conn.broken:
+            conn = db.connect(self.url, application_name="pgbg web")
+        reusable = False
+        try:
+            yield conn
+            reusable = True
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+            raise SchemaMissing() from exc
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(
+                f"lost the connection to {db.mask_url(self.url or db.database_url())}: "
+                f"{db.mask_url(str(exc).strip())}") from exc
+        finally:
+            kept = False
+            idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            if reusable and idle and not conn.broken:
+                with self._lock:
+                    if len(self._idle) < self.max_idle:
+                        self._idle.append(conn)
+                        kept = True
+            if not kept:
+                conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
