@@ -57,7 +57,8 @@ def _histogram(rows: list[list[Any]], hist: int, total: int
         by_type[row[0]] = ([a + int(b) for a, b in zip(counts, row[hist], strict=True)],
                            seconds + float(row[total]))
     for task_type, (counts, seconds) in sorted(by_type.items()):
-        for bound, count in zip([*map(str, BUCKETS), "+Inf"], counts, strict=True):
+        for bound, count in zip([*(repr(float(b)) for b in BUCKETS), "+Inf"], counts,
+                                strict=True):
             yield "_bucket", {"task_type": task_type, "le": bound}, count
         yield "_count", {"task_type": task_type}, counts[-1]
         yield "_sum", {"task_type": task_type}, seconds
