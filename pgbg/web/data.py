@@ -50,18 +50,36 @@ class Counts:
         return sum(row.get(status, 0) for row in self.by_type.values())
 
 
-def counts(conn: psycopg.Connection[Any], window: float) -> Counts:
-    rows = conn.execute(
-        f"""SELECT task_type, status::text, count(*) FROM ({_live("task_type, status")}
-                UNION ALL
-                SELECT task_type, status FROM pgbg.task
-                 WHERE finished_at IS NOT NULL
-                   AND finished_at >= now() - make_interval(secs => %(window)s)) t
-             GROUP BY 1, 2""", {"window": window}).fetchall()
+def _by_type(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, int]]:
     by_type: dict[str, dict[str, int]] = {}
     for task_type, status, n in rows:
         by_type.setdefault(task_type, {})[status] = int(n)
-    return Counts(dict(sorted(by_type.items())), window)
+    return by_type
+
+
+def live_counts(conn: psycopg.Connection[Any]) -> dict[str, dict[str, int]]:
+    """Per type, the tasks not finished by status (through the live partial indexes)."""
+    return _by_type(conn.execute(
+        f"""SELECT task_type, status::text, count(*) FROM ({_live("task_type, status")}) t
+             GROUP BY 1, 2""").fetchall())
+
+
+def finished_counts(conn: psycopg.Connection[Any], window: float) -> dict[str, dict[str, int]]:
+    """Per type, the tasks that finished in the last ``window`` seconds, by status."""
+    return _by_type(conn.execute(
+        """SELECT task_type, status::text, count(*) FROM pgbg.task
+            WHERE finished_at IS NOT NULL
+              AND finished_at >= now() - make_interval(secs => %s)
+            GROUP BY 1, 2""", (window,)).fetchall())
+
+
+def counts(live: dict[str, dict[str, int]], finished: dict[str, dict[str, int]],
+           window: float) -> Counts:
+    merged: dict[str, dict[str, int]] = {}
+    for part in (live, finished):
+        for task_type, row in part.items():
+            merged.setdefault(task_type, {}).update(row)
+    return Counts(dict(sorted(merged.items())), window)
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,9 @@ class TaskRow:
 
 
 ERROR_LINE = 300
+# task_unsuccessful_idx's predicate, word for word (migration 0015): a query that says it
+# reads only what that index holds
+UNSUCCESSFUL = "status <> 'succeeded'::pgbg.task_status"
 _ROW_COLUMNS = f"""id, task_type, status::text AS status, priority, attempt, max_attempts,
     queued_at, started_at, finished_at, hostname, pid,
     left(coalesce(substring(rtrim(right(error, 4000), E' \\n\\r\\t') FROM '[^\\n]*$'), ''),
@@ -144,7 +165,8 @@ def _rows(cur: psycopg.Cursor[Any]) -> list[TaskRow]:
 def recent_failures(conn: psycopg.Connection[Any], limit: int = 10) -> list[TaskRow]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"""SELECT {_ROW_COLUMNS} FROM pgbg.task
-                         WHERE finished_at IS NOT NULL AND status IN ('failed', 'terminated')
+                         WHERE finished_at IS NOT NULL AND {UNSUCCESSFUL}
+                           AND status IN ('failed', 'terminated')
                          ORDER BY finished_at DESC, id DESC LIMIT %s""", (limit,))
         return _rows(cur)
 
@@ -181,7 +203,7 @@ def stuck_tasks(conn: psycopg.Connection[Any], lease: float, limit: int) -> list
 
 
 FINISHED_PAGE = """SELECT {columns} FROM pgbg.task
- WHERE finished_at IS NOT NULL
+ WHERE finished_at IS NOT NULL{unsuccessful}
    AND (%(statuses)s::text[] IS NULL OR status::text = ANY(%(statuses)s))
    AND (%(type)s::text IS NULL OR task_type = %(type)s)
    AND (%(since)s::float IS NULL OR finished_at >= now() - make_interval(secs => %(since)s))
@@ -190,6 +212,14 @@ FINISHED_PAGE = """SELECT {columns} FROM pgbg.task
    AND (%(after_at)s::timestamptz IS NULL OR finished_at < %(after_at)s
         OR id < %(after_id)s::uuid)
  ORDER BY finished_at DESC, id DESC LIMIT %(limit)s"""
+
+
+def finished_page(columns: str, statuses: Sequence[str] | None) -> str:
+    """The page query; when the statuses leave out succeeded it says so in the words of
+    ``task_unsuccessful_idx`` (the planner can then read that index)."""
+    unsuccessful = bool(statuses) and "succeeded" not in (statuses or [])
+    return FINISHED_PAGE.format(columns=columns,
+                                unsuccessful=f" AND {UNSUCCESSFUL}" if unsuccessful else "")
 
 
 def finished_params(statuses: Sequence[str] | None, task_type: str | None,
@@ -206,7 +236,7 @@ def finished_tasks(conn: psycopg.Connection[Any], statuses: Sequence[str] | None
     """One page of finished tasks, newest first: keyset pagination on (finished_at, id),
     so any page costs what the first does (``task_finished_at_idx``, read backwards)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(FINISHED_PAGE.format(columns=_ROW_COLUMNS),
+        cur.execute(finished_page(_ROW_COLUMNS, statuses),
                     finished_params(statuses, task_type, since, text, after, limit))
         return _rows(cur)
 
@@ -214,21 +244,28 @@ def finished_tasks(conn: psycopg.Connection[Any], statuses: Sequence[str] | None
 def failed_ids(conn: psycopg.Connection[Any], task_type: str | None, since: float | None,
                text: str | None, statuses: Sequence[str], limit: int) -> list[uuid.UUID]:
     """The ids of the finished tasks a bulk retry would queue again (at most ``limit``)."""
-    rows = conn.execute(FINISHED_PAGE.format(columns="id"),
+    rows = conn.execute(finished_page("id", statuses),
                         finished_params(statuses, task_type, since, text, None, limit)
                         ).fetchall()
     return [row[0] for row in rows]
 
 
 def task_types(conn: psycopg.Connection[Any], limit: int = 200) -> list[str]:
-    """Types seen recently (live, or finished in the last week), for the filter's list."""
+    """Every type with a live or a finished task, for the filter's list: the finished ones
+    by a loose index scan of ``task_finished_type_idx`` (one probe per type)."""
     rows = conn.execute(
-        f"""SELECT DISTINCT task_type FROM ({_live("task_type")}
-                UNION ALL
+        f"""WITH RECURSIVE seen(task_type) AS (
                 (SELECT task_type FROM pgbg.task WHERE finished_at IS NOT NULL
-                    AND finished_at >= now() - interval '7 days'
-                  ORDER BY finished_at DESC LIMIT 20000)) t
-             ORDER BY 1 LIMIT %s""", (limit,)).fetchall()
+                  ORDER BY task_type LIMIT 1)
+                UNION ALL
+                SELECT (SELECT t.task_type FROM pgbg.task t
+                         WHERE t.finished_at IS NOT NULL AND t.task_type > seen.task_type
+                         ORDER BY t.task_type LIMIT 1)
+                  FROM seen WHERE seen.task_type IS NOT NULL)
+            SELECT task_type FROM (
+                (SELECT task_type FROM seen WHERE task_type IS NOT NULL LIMIT %(limit)s)
+                UNION SELECT task_type FROM ({_live("task_type")}) l) t
+             ORDER BY 1 LIMIT %(limit)s""", {"limit": limit}).fetchall()
     return [row[0] for row in rows]
 
 

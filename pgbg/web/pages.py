@@ -8,10 +8,13 @@ Actions are POST forms (readable and usable without JavaScript) that call the li
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
 
 from jinja2 import Environment
@@ -35,6 +38,8 @@ from pgbg.web.security import CSRF_COOKIE, CSRF_FIELD, Csrf
 
 PAGE_SIZE = 50
 MAX_PAGE = 500
+MAX_LIVE = 100  # unfinished tasks /tasks lists above the finished ones (/queue has the rest)
+DAY_EVERY = 30.0  # seconds the overview's 24-hour figures are reused before read again
 MAX_BULK = 1000  # tasks one bulk retry queues again; run it again for more
 RETRYABLE = ("failed", "terminated", "cancelled")
 DONE_MESSAGES = {
@@ -43,6 +48,9 @@ DONE_MESSAGES = {
     "remove": "The task was removed from the queue.",
 }
 ACTIONS = ("terminate", "retry", "remove")
+
+
+T = TypeVar("T")
 
 
 class BadRequest(Exception):
@@ -150,6 +158,7 @@ class Site:
     def __init__(self, pool: Pool, templates: Environment, csrf: Csrf,
                  settings: Settings) -> None:
         self.pool, self.templates, self.csrf, self.settings = pool, templates, csrf, settings
+        self._day: Every[tuple[dict[str, dict[str, int]], list[data.Bucket]]] = Every(DAY_EVERY)
 
     # -- rendering -----------------------------------------------------------------------
 
@@ -182,17 +191,18 @@ class Site:
     def overview(self, request: Request) -> Response:
         checks = admin.doctor(self.settings.lease)
         with self.pool.connection() as conn:
-            counts = data.counts(conn, 86400)
+            live = data.live_counts(conn)
             hour = data.series(conn, 3600, 60)
-            day = data.series(conn, 86400, 3600)
             failures = data.recent_failures(conn, 10)
             stuck = data.stuck_tasks(conn, self.settings.lease, 20)
             workers = data.workers(conn)
+        day_at, (finished, day) = self._day.get(self._day_figures)
+        counts = data.counts(live, finished, 86400)
         lapsed = [w for w in workers if w["heartbeat_age"] > self.settings.lease]
         return self.page(
             request, "overview.html", fragment="_overview.html", counts=counts,
             statuses=[s.value for s in TaskStatus], failures=failures, stuck=stuck,
-            lapsed=lapsed, workers=workers,
+            lapsed=lapsed, workers=workers, day_at=day_at, day_every=DAY_EVERY,
             checks=[c for c in checks if c.name in (
                 "workers with lapsed heartbeats", "tasks stuck in running",
                 "oldest open transaction", "NOTIFY queue usage", "pgbg indexes",
@@ -204,6 +214,10 @@ class Site:
                 "day_durations": charts.durations(day, 3600, "Wait and run time, last day"),
             })
 
+    def _day_figures(self) -> tuple[dict[str, dict[str, int]], list[data.Bucket]]:
+        with self.pool.connection() as conn:
+            return data.finished_counts(conn, 86400), data.series(conn, 86400, 3600)
+
     def tasks(self, request: Request) -> Response:
         f = filters(request.query_params)
         after = cursor(_one(request.query_params, "after", 100))
@@ -212,7 +226,7 @@ class Site:
         want_finished = f.statuses is None or any(TaskStatus(s).is_terminal
                                                   for s in f.statuses)
         with self.pool.connection() as conn:
-            live = (data.live_tasks(conn, f.statuses, f.task_type, f.since, f.text, MAX_PAGE)
+            live = (data.live_tasks(conn, f.statuses, f.task_type, f.since, f.text, MAX_LIVE)
                     if want_live and after is None else [])
             finished = (data.finished_tasks(conn, f.statuses, f.task_type, f.since, f.text,
                                             after, f.limit + 1) if want_finished else [])
@@ -383,6 +397,34 @@ class Site:
             except (InvalidTaskState, TaskNotFound):  # changed meanwhile
                 skipped += 1
         return queued, skipped
+
+
+class Every(Generic[T]):
+    """A value read again at most every ``seconds``: one thread reads, the others use the
+    previous value meanwhile (the first readers wait for the first value)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._value: tuple[datetime, T] | None = None
+        self._at = 0.0
+        self._lock = threading.Lock()
+
+    def get(self, read: Callable[[], T]) -> tuple[datetime, T]:
+        """(when it was read, the value)."""
+        current = self._value
+        if current is not None and time.monotonic() - self._at < self.seconds:
+            return current
+        if current is not None and not self._lock.acquire(blocking=False):
+            return current  # another thread reads it now
+        if current is None:
+            self._lock.acquire()
+        try:
+            if self._value is None or time.monotonic() - self._at >= self.seconds:
+                self._value = (datetime.now(UTC), read())
+                self._at = time.monotonic()
+            return self._value
+        finally:
+            self._lock.release()
 
 
 class _Forbidden(PgbgError):
