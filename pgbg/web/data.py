@@ -8,6 +8,7 @@ index predicate, so the planner can use it), finished tasks through
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,8 +153,16 @@ ERROR_LINE = 300
 # task_unsuccessful_idx's predicate, word for word (migration 0015): a query that says it
 # reads only what that index holds
 UNSUCCESSFUL = "status <> 'succeeded'::pgbg.task_status"
+def _readable(column: str) -> str:
+    """A time Python can read, else NULL (SQL can store ``infinity`` or year 20000 in a row;
+    psycopg would refuse to load it and fail the whole page)."""
+    return (f"CASE WHEN {column} >= '0001-01-02' AND {column} < '9999-12-31' "
+            f"THEN {column} END AS {column}")
+
+
 _ROW_COLUMNS = f"""id, task_type, status::text AS status, priority, attempt, max_attempts,
-    queued_at, started_at, finished_at, hostname, pid,
+    coalesce({_readable("queued_at").removesuffix(" AS queued_at")}, 'epoch') AS queued_at,
+    {_readable("started_at")}, {_readable("finished_at")}, hostname, pid,
     left(coalesce(substring(rtrim(right(error, 4000), E' \\n\\r\\t') FROM '[^\\n]*$'), ''),
          {ERROR_LINE}) AS error_line"""
 
@@ -164,10 +173,11 @@ def _rows(cur: psycopg.Cursor[Any]) -> list[TaskRow]:
 
 def recent_failures(conn: psycopg.Connection[Any], limit: int = 10) -> list[TaskRow]:
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"""SELECT {_ROW_COLUMNS} FROM pgbg.task
+        # t.: the table's columns (ORDER BY would take the output's, cast for reading)
+        cur.execute(f"""SELECT {_ROW_COLUMNS} FROM pgbg.task t
                          WHERE finished_at IS NOT NULL AND {UNSUCCESSFUL}
                            AND status IN ('failed', 'terminated')
-                         ORDER BY finished_at DESC, id DESC LIMIT %s""", (limit,))
+                         ORDER BY t.finished_at DESC, t.id DESC LIMIT %s""", (limit,))
         return _rows(cur)
 
 
@@ -184,7 +194,7 @@ def live_tasks(conn: psycopg.Connection[Any], statuses: Sequence[str] | None,
                    AND (%(since)s::float IS NULL
                         OR queued_at >= now() - make_interval(secs => %(since)s))
                    AND (%(text)s::text IS NULL OR strpos(lower(error), lower(%(text)s)) > 0)
-                 ORDER BY queued_at DESC, id DESC LIMIT %(limit)s""",
+                 ORDER BY t.queued_at DESC, t.id DESC LIMIT %(limit)s""",
             {"statuses": list(statuses) if statuses else None, "type": task_type,
              "since": since, "text": text, "limit": limit})
         return _rows(cur)
@@ -198,11 +208,11 @@ def stuck_tasks(conn: psycopg.Connection[Any], lease: float, limit: int) -> list
                  WHERE status = 'running' AND NOT EXISTS (
                        SELECT 1 FROM pgbg.worker w WHERE w.id = t.worker_id
                           AND w.heartbeat_at >= now() - make_interval(secs => %s))
-                 ORDER BY started_at, id LIMIT %s""", (lease, limit))
+                 ORDER BY t.started_at, t.id LIMIT %s""", (lease, limit))
         return _rows(cur)
 
 
-FINISHED_PAGE = """SELECT {columns} FROM pgbg.task
+FINISHED_PAGE = """SELECT {columns} FROM pgbg.task t
  WHERE finished_at IS NOT NULL{unsuccessful}
    AND (%(statuses)s::text[] IS NULL OR status::text = ANY(%(statuses)s))
    AND (%(type)s::text IS NULL OR task_type = %(type)s)
@@ -211,7 +221,7 @@ FINISHED_PAGE = """SELECT {columns} FROM pgbg.task
    AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
    AND (%(after_at)s::timestamptz IS NULL OR finished_at < %(after_at)s
         OR id < %(after_id)s::uuid)
- ORDER BY finished_at DESC, id DESC LIMIT %(limit)s"""
+ ORDER BY t.finished_at DESC, t.id DESC LIMIT %(limit)s"""
 
 
 def finished_page(columns: str, statuses: Sequence[str] | None) -> str:
@@ -274,27 +284,70 @@ def task_types(conn: psycopg.Connection[Any], limit: int = 200) -> list[str]:
 @dataclass(frozen=True)
 class LogLine:
     id: int
-    at: datetime
+    at: datetime | None
     level: str
     message: str
 
 
-def task(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> BackgroundTask | None:
-    return queries.task_get(conn, task_id)
+@dataclass(frozen=True)
+class Big:
+    """A value that may be large, as text cut to ``LIMIT`` characters in the database."""
+
+    text: str | None
+    length: int  # characters of the whole text
+
+    @property
+    def cut(self) -> bool:
+        return self.text is not None and self.length > len(self.text)
+
+    def pretty(self) -> str | None:
+        """Indented JSON when the whole value came; else the cut text as it is."""
+        if self.text is None or self.cut:
+            return self.text
+        try:
+            return json.dumps(json.loads(self.text), indent=2, ensure_ascii=False)
+        except ValueError:
+            return self.text
 
 
-def task_log(conn: psycopg.Connection[Any], task_id: uuid.UUID, after: int = 0,
-             limit: int = 500) -> tuple[list[LogLine], int]:
-    """Log lines after line id ``after``, the latest ``limit`` of them, oldest first; and
-    how many earlier lines after ``after`` were left out."""
+BIG_LIMIT = 20_000
+ERROR_LIMIT = 50_000
+_BIG = {"args": BIG_LIMIT, "kwargs": BIG_LIMIT, "result": BIG_LIMIT, "error": ERROR_LIMIT,
+        "info": 4_000}
+
+
+@dataclass(frozen=True)
+class TaskView:
+    task: BackgroundTask  # args, kwargs, result, error and info left out: see ``big``
+    big: dict[str, Big]
+    unreadable: str | None  # a time in the row Python cannot read, named
+
+
+def task(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> TaskView | None:
+    """One task; its large values cut in the database (a 100 MB result never leaves it),
+    a malformed time shown as missing rather than failing the page."""
+    big = ", ".join(f"left({c}::text, {n}) AS {c}_text, length({c}::text) AS {c}_length"
+                    for c, n in _BIG.items())
+    row = conn.execute(
+        f"SELECT to_jsonb(t) - ARRAY{list(_BIG)!r}::text[], {big} FROM pgbg.task t "
+        "WHERE id = %s", (task_id,)).fetchone()
+    if row is None:
+        return None
+    rest = {**row[0], "args": [], "kwargs": {}, "result": None, "error": None, "info": None}
+    value, problem = BackgroundTask.from_wire_lenient(rest)
+    values = {c: Big(row[1 + 2 * i], int(row[2 + 2 * i] or 0)) for i, c in enumerate(_BIG)}
+    return TaskView(value, values, problem)
+
+
+def task_log(conn: psycopg.Connection[Any], task_id: uuid.UUID,
+             limit: int = 500) -> tuple[list[LogLine], bool]:
+    """The latest ``limit`` log lines, oldest first (``task_log_task_idx``, read
+    backwards), and whether earlier ones were left out."""
     rows = conn.execute(
-        """SELECT id, at, level, message, count(*) OVER () FROM (
-               SELECT id, at, level, message FROM pgbg.task_log
-                WHERE task_id = %s AND id > %s ORDER BY id DESC) l
-            ORDER BY id DESC LIMIT %s""", (task_id, after, limit)).fetchall()
-    total = int(rows[0][4]) if rows else 0
-    lines = [LogLine(r[0], r[1], r[2], r[3]) for r in reversed(rows)]
-    return lines, total - len(lines)
+        f"""SELECT id, {_readable("at")}, level, left(message, 100000) FROM pgbg.task_log
+             WHERE task_id = %s ORDER BY id DESC LIMIT %s""", (task_id, limit + 1)).fetchall()
+    lines = [LogLine(r[0], r[1], r[2], r[3]) for r in reversed(rows[:limit])]
+    return lines, len(rows) > limit
 
 
 def task_links(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> list[tuple[str, str]]:
@@ -409,10 +462,10 @@ def status_values() -> list[str]:
 
 
 def ping(conn: psycopg.Connection[Any]) -> tuple[bool, str]:
-    """Whether the schema is there: (True, version) or (False, why)."""
+    """Whether the schema is there: (True, its revision) or (False, why)."""
     row = conn.execute("SELECT to_regclass('pgbg.task') IS NOT NULL, "
-                       "(SELECT version_num FROM pgbg.alembic_version LIMIT 1) "
-                       "WHERE to_regclass('pgbg.alembic_version') IS NOT NULL").fetchone()
-    if row is None:
-        return False, "the pgbg schema is missing: run `pgbg migrate`"
-    return bool(row[0]), str(row[1])
+                       "to_regclass('pgbg.alembic_version') IS NOT NULL").fetchone()
+    if row is None or not row[0] or not row[1]:
+        return False, "schema missing"
+    version = conn.execute("SELECT max(version_num) FROM pgbg.alembic_version").fetchone()
+    return True, str(version[0] if version else "")

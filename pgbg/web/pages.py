@@ -119,6 +119,8 @@ def filters(params: Any) -> Filters:
         since = admin.parse_duration(since_text).total_seconds() if since_text else None
     except InvalidOption as exc:
         raise BadRequest(f"since: {exc}") from None
+    except (OverflowError, ValueError):  # more days than a timedelta holds
+        raise BadRequest("since must be at most 10 years") from None
     if since is not None and not 0 < since <= 10 * 366 * 86400:
         raise BadRequest("since must be more than 0 and at most 10 years")
     limit_text = _one(params, "limit", 10)
@@ -234,10 +236,12 @@ class Site:
         more = len(finished) > f.limit
         finished = finished[:f.limit]
         next_query = None
-        if more and finished:
+        if more and finished and finished[-1].finished_at is not None:
             last = finished[-1]
             assert last.finished_at is not None
             next_query = f.query(after=f"{last.finished_at.isoformat()},{last.id}")
+        elif more:  # the last row's time cannot be read: no cursor to go on from
+            more = False
         return self.page(
             request, "tasks.html", fragment="_tasks.html", f=f, live=live, finished=finished,
             next_query=next_query, first_query=f.query(), paged=after is not None,
@@ -246,22 +250,21 @@ class Site:
 
     def task(self, request: Request) -> Response:
         tid = parse_task_id(request.path_params["task_id"])
+        done = request.query_params.get("done")
+        return self.task_page(request, tid, DONE_MESSAGES.get(done or ""), None, 200)
+
+    def task_page(self, request: Request, tid: uuid.UUID, notice: str | None,
+                  problem: str | None, status: int) -> HTMLResponse:
         with self.pool.connection() as conn:
-            row = data.task(conn, tid)
-            if row is None:
+            view = data.task(conn, tid)
+            if view is None:
                 raise TaskNotFound(f"no task with id {tid}")
             log, left_out = data.task_log(conn, tid)
             links = data.task_links(conn, tid)
-        done = request.query_params.get("done")
-        return self.task_page(request, row, log, left_out, links,
-                              DONE_MESSAGES.get(done or ""), None, 200)
-
-    def task_page(self, request: Request, row: Any, log: list[data.LogLine], left_out: int,
-                  links: list[tuple[str, str]], notice: str | None, problem: str | None,
-                  status: int) -> HTMLResponse:
+        row = view.task
         return self.page(
-            request, "task.html", status, fragment="_task.html", t=row,
-            log=[line for line in log if line.level != "output"],
+            request, "task.html", status, fragment="_task.html", t=row, big=view.big,
+            unreadable=view.unreadable, log=[line for line in log if line.level != "output"],
             output=[line for line in log if line.level == "output"], left_out=left_out,
             links=links, notice=notice, problem=problem,
             can_terminate=row.status in (TaskStatus.QUEUED, TaskStatus.RUNNING),
@@ -352,14 +355,7 @@ class Site:
             pgbg.remove_task_from_queue(tid)
 
     def _refused(self, request: Request, tid: uuid.UUID, message: str) -> Response:
-        with self.pool.connection() as conn:
-            row = data.task(conn, tid)
-            if row is None:
-                raise TaskNotFound(f"no task with id {tid}")
-            log, left_out = data.task_log(conn, tid)
-            links = data.task_links(conn, tid)
-        return self.task_page(request, row, log, left_out, links, None,
-                              db.mask_url(message), 409)
+        return self.task_page(request, tid, None, db.mask_url(message), 409)
 
     def bulk_retry_confirm(self, request: Request) -> Response:
         f = filters(request.query_params)

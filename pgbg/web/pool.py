@@ -20,14 +20,29 @@ from pgbg.exceptions import DatabaseUnavailable, SchemaMissing
 
 
 class Pool:
-    def __init__(self, url: str | None = None, idle: int = 4) -> None:
+    def __init__(self, url: str | None = None, idle: int = 4, size: int = 8,
+                 wait: float = 15.0) -> None:
         self.url = url
         self.max_idle = idle
+        self.wait = wait
         self._idle: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(size)  # open at once, however many requests
+        self.size = size
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if not self._slots.acquire(timeout=self.wait):
+            raise DatabaseUnavailable(f"all {self.size} of the dashboard's connections stayed "
+                                      f"busy for {self.wait:g}s")
+        try:
+            with self._checked_out() as conn:
+                yield conn
+        finally:
+            self._slots.release()
+
+    @contextmanager
+    def _checked_out(self) -> Iterator[psycopg.Connection[Any]]:
         with self._lock:
             conn = self._idle.pop() if self._idle else None
         if conn is None or conn.closed or conn.broken:

@@ -63,6 +63,17 @@ def between(start: datetime | None, end: datetime | None) -> str:
     return seconds_text((end - start).total_seconds())
 
 
+def bigtext(value: Any) -> str:
+    """A ``data.Big``: indented when whole, else its cut text and how much was left out."""
+    if value is None or value.text is None:
+        return ""
+    text = visible(value.pretty() or "")
+    if value.cut:
+        text += f"… ({value.length - len(value.text):,} more characters)"
+    return text
+
+
 def install(env: Environment) -> None:
     env.filters.update(clip=clip, pretty_json=pretty_json, when=when, ago=ago,
-                       seconds=seconds_text, between=between, visible=visible)
+                       seconds=seconds_text, between=between, visible=visible,
+                       bigtext=bigtext)

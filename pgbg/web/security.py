@@ -30,6 +30,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CSRF_COOKIE = "pgbg_csrf"
 CSRF_FIELD = "csrf"
 OPEN_PATHS = frozenset({"/healthz"})
+MAX_BODY = 1 << 20  # bytes a request body may carry (forms here are small)
 HEADERS = [
     (b"content-security-policy",
      b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -117,6 +118,21 @@ class Guard:
                                           self.password)):
             await self._refuse(send)
             return
+        length = _header(scope, b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            await self._refuse(send, 413, b"request body too large\n")
+            return
+        received = 0
+
+        async def receive_bounded() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY:  # chunked, past the limit: the form cannot be read
+                    return {"type": "http.disconnect"}
+            return message
+
         cookie = _cookie(scope, CSRF_COOKIE)
         fresh = not self.csrf.valid(cookie)
         token = self.csrf.new_token() if fresh else cookie
@@ -136,13 +152,13 @@ class Guard:
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive_bounded, send_with_headers)
 
-    async def _refuse(self, send: Send) -> None:
-        body = b"authentication required\n"
-        await send({"type": "http.response.start", "status": 401, "headers": [
+    async def _refuse(self, send: Send, status: int = 401,
+                      body: bytes = b"authentication required\n") -> None:
+        challenge = [(b"www-authenticate", b'Basic realm="pgbg", charset="UTF-8"')]
+        await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", b'Basic realm="pgbg", charset="UTF-8"'),
-            *HEADERS]})
+            *(challenge if status == 401 else []), *HEADERS]})
         await send({"type": "http.response.body", "body": body})

@@ -73,7 +73,7 @@ def test_terminate_from_the_browser(browser: Any, server: WebServer,
     result = pgbg.enqueue("pgbg_test_web_tasks:talk_and_block", args=[str(pidfile)],
                           task_type="web-browser")
     wait_for(pidfile.exists, timeout=60, message="the task to start its grandchild")
-    child, grandchild, pgid = map(int, pidfile.read_text().split())
+    child, _grandchild, pgid = map(int, pidfile.read_text().split())
     assert pgid == child  # the task leads its own process group
 
     page.goto(server.url + "/")

@@ -9,7 +9,6 @@ import sys
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 
 import pgbg

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 from conftest import WorkerProcess, wait_for
+from pgbg_test_web_tasks import HOSTILE
 from prometheus_client.parser import text_string_to_metric_families
 
 import pgbg
-from pgbg_test_web_tasks import HOSTILE
 from web.conftest import PASSWORD, USER, WebServer
 
 FAIL = "pgbg_test_web_tasks:fail"
@@ -155,7 +155,8 @@ def test_keyset_pages_cover_every_task_once(client: httpx.Client, conn_web: Any)
                                    "since=yesterday", "since=-1h", "after=garbage",
                                    "after=2026-01-01T00:00:00,not-a-uuid",
                                    "after=2026-01-01T00:00:00," + str(uuid.UUID(int=1)),
-                                   "type=" + "x" * 300, "q=%00", "limit=1&limit=2"])
+                                   "type=" + "x" * 300, "q=%00", "limit=1&limit=2",
+                                   "since=99999999999999999999d", "since=1e9", "limit=1.5"])
 def test_bad_parameters_are_400(client: httpx.Client, query: str) -> None:
     response = client.get(f"/tasks?{query}")
     assert response.status_code == 400, response.text
@@ -314,3 +315,28 @@ def test_metrics(client: httpx.Client, module_worker: WorkerProcess, tmp_path: P
     pgbg.remove_task_from_queue(waiting)
     release.touch()
     done(running)
+
+
+def test_rows_python_cannot_read_fail_alone(client: httpx.Client, conn_web: Any) -> None:
+    kind = f"web-odd-{uuid.uuid4().hex[:6]}"
+    row = conn_web.execute(
+        """INSERT INTO pgbg.task (id, task_type, func, status, queued_at, started_at,
+                                  finished_at, result, error)
+           VALUES (gen_random_uuid(), %s, 'm:f', 'failed', '-infinity', 'infinity',
+                   '20000-01-01', jsonb_build_object('big', repeat('r', 3000000)),
+                   repeat('e', 2000000)) RETURNING id""", (kind,)).fetchone()
+    assert row
+    listing = client.get("/tasks", params={"type": kind})
+    assert listing.status_code == 200 and str(row[0]) in listing.text
+    page = client.get(f"/tasks/{row[0]}")
+    assert page.status_code == 200
+    assert "cannot read" in page.text
+    assert "more characters)" in page.text and len(page.text) < 200_000
+    assert client.get("/").status_code == 200
+    conn_web.execute("DELETE FROM pgbg.task WHERE id = %s", (row[0],))
+
+
+def test_a_body_too_large_is_refused(client: httpx.Client) -> None:
+    response = client.post(f"/tasks/{uuid.uuid4()}/remove", content=b"csrf=" + b"x" * (2 << 20),
+                           headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 413

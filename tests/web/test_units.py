@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import pgbg
 from pgbg.cli.web import is_loopback
 from pgbg.web import metrics, render
 from pgbg.web.security import Csrf, credentials_match
@@ -64,3 +67,26 @@ def test_metrics_labels_survive_any_text() -> None:
     wait = {s.labels.get("le"): s.value for s in families["pgbg_task_wait_seconds"].samples
             if s.name.endswith("_bucket")}
     assert wait["0.5"] == 0 and wait["1.0"] == 1 and wait["+Inf"] == 1
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_an_unexpected_error_is_a_500_page_without_a_traceback(monkeypatch: Any) -> None:
+    import contextlib
+
+    from starlette.testclient import TestClient
+
+    from pgbg.web import create_app, data
+    from pgbg.web.pool import Pool
+
+    def broken(conn: Any) -> Any:
+        raise RuntimeError("password=hunter2 in a message nobody meant to show")
+
+    monkeypatch.setattr(Pool, "connection", lambda self: contextlib.nullcontext(None))
+    monkeypatch.setattr(data, "periodic", broken)
+    app = create_app(database_url="postgresql://u:pw@127.0.0.1:9/x", password=None)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/periodic")
+    assert response.status_code == 500
+    assert "Server error" in response.text
+    assert "hunter2" not in response.text and "Traceback" not in response.text
+    pgbg.configure()
