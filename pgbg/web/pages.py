@@ -191,7 +191,10 @@ class Site:
     # -- pages ---------------------------------------------------------------------------
 
     def overview(self, request: Request) -> Response:
-        checks = admin.doctor(self.settings.lease)
+        try:
+            checks = admin.doctor(self.settings.lease)
+        except DatabaseUnavailable:  # the process's cached connection died (a restart):
+            checks = admin.doctor(self.settings.lease)  # once more, on a fresh one
         with self.pool.connection() as conn:
             live = data.live_counts(conn)
             hour = data.series(conn, 3600, 60)

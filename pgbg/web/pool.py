@@ -9,6 +9,7 @@ a transaction-pooling PgBouncer.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +19,8 @@ import psycopg
 from pgbg import db
 from pgbg.exceptions import DatabaseUnavailable, SchemaMissing
 
+PING_AFTER = 5.0  # seconds idle after which a connection is checked before use
+
 
 class Pool:
     def __init__(self, url: str | None = None, idle: int = 4, size: int = 8,
@@ -25,7 +28,7 @@ class Pool:
         self.url = url
         self.max_idle = idle
         self.wait = wait
-        self._idle: list[psycopg.Connection[Any]] = []
+        self._idle: list[tuple[float, psycopg.Connection[Any]]] = []  # (idle since, conn)
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(size)  # open at once, however many requests
         self.size = size
@@ -44,7 +47,12 @@ class Pool:
     @contextmanager
     def _checked_out(self) -> Iterator[psycopg.Connection[Any]]:
         with self._lock:
-            conn = self._idle.pop() if self._idle else None
+            since, conn = self._idle.pop() if self._idle else (0.0, None)
+        if conn is not None and time.monotonic() - since > PING_AFTER:
+            try:  # the server may have restarted meanwhile: one round trip, not a 503
+                conn.execute("SELECT 1")
+            except psycopg.Error:
+                conn.close()
         if conn is None or conn.closed or conn.broken:
             conn = db.connect(self.url, application_name="pgbg web")
         reusable = False
@@ -63,7 +71,7 @@ class Pool:
             if reusable and idle and not conn.broken:
                 with self._lock:
                     if len(self._idle) < self.max_idle:
-                        self._idle.append(conn)
+                        self._idle.append((time.monotonic(), conn))
                         kept = True
             if not kept:
                 conn.close()
@@ -71,5 +79,5 @@ class Pool:
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for _since, conn in idle:
             conn.close()

@@ -38,8 +38,9 @@ HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
-    (b"cache-control", b"no-store"),
 ]
+NO_STORE = (b"cache-control", b"no-store")  # pages: always fresh, never in a shared cache
+STATIC = (b"cache-control", b"private, max-age=3600")
 
 
 def credentials_match(header: str | None, user: str, password: str) -> bool:
@@ -144,6 +145,7 @@ class Guard:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.extend(HEADERS)
+                headers.append(STATIC if scope["path"].startswith("/static/") else NO_STORE)
                 if fresh:
                     flags = "; Secure" if self.secure_cookie else ""
                     headers.append((b"set-cookie", (
@@ -160,5 +162,5 @@ class Guard:
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
-            *(challenge if status == 401 else []), *HEADERS]})
+            *(challenge if status == 401 else []), *HEADERS, NO_STORE]})
         await send({"type": "http.response.body", "body": body})
