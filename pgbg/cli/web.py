@@ -56,4 +56,6 @@ def web(
 
     setup_logging(log_level)
     uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
-                proxy_headers=False, server_header=False, date_header=True)
+                proxy_headers=False, server_header=False, date_header=True,
+                # open /events streams end within 3 s of a SIGTERM
+                timeout_graceful_shutdown=3)

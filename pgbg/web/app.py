@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -32,7 +32,7 @@ from pgbg.exceptions import (
     SchemaMissing,
     TaskNotFound,
 )
-from pgbg.web import pages, render
+from pgbg.web import live, pages, render
 from pgbg.web.pool import Pool
 from pgbg.web.security import Csrf, Guard
 
@@ -43,20 +43,24 @@ HERE = Path(__file__).parent
 def create_app(read_only: bool = False, user: str | None = None, password: str | None = None,
                *, database_url: str | None = None, secret: bytes | None = None,
                lease: float = 30.0, poll_seconds: float | None = None,
-               secure_cookie: bool = False) -> Any:
+               events: bool | None = None, secure_cookie: bool = False) -> Any:
     """The dashboard. ``user``/``password``: HTTP Basic on every path but ``/healthz``
     (default: ``PGBG_WEB_USER``, or ``pgbg``, and ``PGBG_WEB_PASSWORD``; no password, no
     authentication). ``read_only``: no actions (every POST is refused with 403).
     ``secret``: signs CSRF tokens (default ``PGBG_WEB_SECRET``, else random per process:
     replicas behind one address need the same). ``lease``: the heartbeat age after which a
-    worker counts as lapsed. ``poll_seconds``: how often live parts refresh (default 2 s,
-    1 s in poll-only mode)."""
+    worker counts as lapsed. ``events``: serve ``/events`` (server-sent events fed by
+    LISTEN; default: ``db.listen_enabled()``), pages then refresh on each change and poll
+    every ``poll_seconds`` besides (default 10 s; 2 s without events). A running task's
+    page polls every 2 s (its log lines send no notification)."""
     user = user if user is not None else os.environ.get("PGBG_WEB_USER") or "pgbg"
     password = password if password is not None else os.environ.get("PGBG_WEB_PASSWORD")
     env_secret = os.environ.get("PGBG_WEB_SECRET")
     csrf = Csrf(secret or (env_secret.encode() if env_secret else None))
+    if events is None:
+        events = db.listen_enabled()
     if poll_seconds is None:
-        poll_seconds = 2.0 if db.listen_enabled() else 1.0
+        poll_seconds = 10.0 if events else 2.0
     if database_url is not None:
         db.configure(database_url)
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
@@ -64,9 +68,17 @@ def create_app(read_only: bool = False, user: str | None = None, password: str |
                             trim_blocks=True, lstrip_blocks=True)
     render.install(templates)
     pool = Pool(database_url)
+    broadcaster = live.Broadcaster(database_url) if events else None
     settings = pages.Settings(read_only=read_only, lease=lease, poll=poll_seconds,
-                              auth=bool(password))
+                              task_poll=min(poll_seconds, 2.0), auth=bool(password),
+                              events=events)
     site = pages.Site(pool, templates, csrf, settings)
+
+    async def event_stream(request: Request) -> Response:
+        if broadcaster is None:
+            return site.error(request, 404, "no live events in poll-only mode: pages poll")
+        return StreamingResponse(broadcaster.stream(), media_type="text/event-stream",
+                                 headers={"x-accel-buffering": "no"})
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -102,6 +114,7 @@ def create_app(read_only: bool = False, user: str | None = None, password: str |
         Route("/periodic", site.periodic),
         Route("/healthz", site.healthz),
         Route("/metrics", site.metrics),
+        Route("/events", event_stream),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     handlers: dict[Any, Any] = {
@@ -112,7 +125,11 @@ def create_app(read_only: bool = False, user: str | None = None, password: str |
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if broadcaster is not None:
+            broadcaster.start()
         yield
+        if broadcaster is not None:
+            broadcaster.stop()
         pool.close()
 
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)

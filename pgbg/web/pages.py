@@ -61,8 +61,10 @@ class BadRequest(Exception):
 class Settings:
     read_only: bool
     lease: float
-    poll: float
+    poll: float  # seconds between polls of a live fragment
+    task_poll: float  # ... of a running task's page
     auth: bool
+    events: bool  # /events is served: live fragments also refresh on pgbg:changed
 
 
 @dataclass(frozen=True)

@@ -340,3 +340,17 @@ def test_a_body_too_large_is_refused(client: httpx.Client) -> None:
     response = client.post(f"/tasks/{uuid.uuid4()}/remove", content=b"csrf=" + b"x" * (2 << 20),
                            headers={"content-type": "application/x-www-form-urlencoded"})
     assert response.status_code == 413
+
+
+def test_events_tell_pages_the_queue_changed(server: WebServer) -> None:
+    with server.client() as client:
+        if not pgbg.db.listen_enabled():
+            assert client.get("/events").status_code == 404  # poll-only: pages poll
+            return
+        with client.stream("GET", "/events") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            lines = stream.iter_lines()
+            assert next(lines) == "retry: 5000"
+            pgbg.enqueue(SUCCEED, args=[1], task_type="web-events", delay=3600)
+            assert "data: changed" in (line for line in lines)
+        assert 'data-events="/events"' in client.get("/").text
