@@ -183,9 +183,13 @@ class Site:
             return Response(metrics.render_down(), 503, media_type=metrics.CONTENT_TYPE)
         if not hasattr(request.state, "csrf"):  # outside the guard (never, but be safe)
             request.state.csrf = ""
+        # a live fragment's poll while the database is down: it says so, and polls on
+        # (htmx-config in base.html swaps a 503, so no error reaches the console)
+        fragment = "_unavailable.html" if status == 503 else None
         try:
             return self.page(request, "error.html", status, title=titles.get(status, "Error"),
-                             message=message, code=status)
+                             message=message, code=status,
+                             **({"fragment": fragment} if fragment else {}))
         except Exception:  # a template that fails must not hide the error
             return Response(f"{status} {titles.get(status, 'Error')}: {message}\n", status,
                             media_type="text/plain")

@@ -78,6 +78,10 @@ def test_database_down(start_server: Any) -> None:
                 assert "Database unavailable" in page.text
                 assert "cannot connect to postgresql://app:***@127.0.0.1:9/app" in page.text
                 assert "db-s3cret" not in page.text and "Traceback" not in page.text
+            live = client.get("/", headers={"HX-Request": "true"})  # a fragment's poll
+            assert live.status_code == 503
+            assert live.text.startswith('<div id="live" hx-get="/"')  # it polls on
+            assert "refreshes once the database answers" in live.text
             metrics = client.get("/metrics")
             assert metrics.status_code == 503
             assert re.search(r"^pgbg_up 0$", metrics.text, re.M)
