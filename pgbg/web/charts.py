@@ -6,7 +6,7 @@ Every text that goes into the SVG is escaped here (the result is marked safe for
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from markupsafe import Markup, escape
 
@@ -29,6 +29,7 @@ def seconds_text(seconds: float | None) -> str:
 
 
 def _label(at: datetime, step: float) -> str:
+    at = at.astimezone(UTC)  # as every time on the dashboard
     return at.strftime("%H:%M") if step < 86400 else at.strftime("%m-%d")
 
 
