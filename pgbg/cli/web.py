@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from typing import Annotated
 
 import typer
@@ -44,6 +45,13 @@ def web(
     if not is_loopback(host) and not password:
         raise fail(f"refusing to listen on {host} without a password: set PGBG_WEB_PASSWORD "
                    "(or listen on 127.0.0.1)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:  # a port already taken: one line, before the server starts
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host.strip("[]"), port))
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     try:
         import uvicorn
 
