@@ -367,6 +367,9 @@ class Site:
         return self.task_page(request, tid, None, db.mask_url(message), 409)
 
     def bulk_retry_confirm(self, request: Request) -> Response:
+        if self.settings.read_only:
+            return self.error(request, 403, "this dashboard is read-only: actions are "
+                              "turned off")
         f = filters(request.query_params)
         if not f.retry_statuses:
             raise BadRequest("this filter matches no failed, terminated or cancelled tasks")

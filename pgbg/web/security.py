@@ -18,8 +18,9 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
-from http.cookies import SimpleCookie
 from typing import Any
+
+from starlette.requests import cookie_parser
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -82,15 +83,13 @@ class Csrf:
 
 
 def _cookie(scope: Scope, name: str) -> str | None:
+    """The cookie as the endpoints read it (Starlette's lenient parser: another
+    application's odd cookie on the same host hides nothing)."""
     for key, value in scope.get("headers", []):
         if key == b"cookie":
-            jar: SimpleCookie = SimpleCookie()
-            try:
-                jar.load(value.decode("latin-1"))
-            except Exception:  # a malformed cookie header is no cookie
-                continue
-            if name in jar:
-                return jar[name].value
+            found = cookie_parser(value.decode("latin-1")).get(name)
+            if found is not None:
+                return found
     return None
 
 

@@ -28,6 +28,7 @@ def test_read_only_shows_no_buttons_and_refuses_posts(start_server: Any) -> None
         assert "<form method=\"post\"" not in page.text and "<button" not in page.text
         tasks = client.get("/tasks", params={"status": "failed"})
         assert "/tasks/retry" not in tasks.text
+        assert client.get("/tasks/retry", params={"status": "failed"}).status_code == 403
         # even with a valid token, nothing is done
         token = client.cookies.get("pgbg_csrf")
         assert token

@@ -90,3 +90,11 @@ def test_an_unexpected_error_is_a_500_page_without_a_traceback(monkeypatch: Any)
     assert "Server error" in response.text
     assert "hunter2" not in response.text and "Traceback" not in response.text
     pgbg.configure()
+
+
+def test_the_csrf_cookie_is_found_beside_odd_cookies() -> None:
+    from pgbg.web.security import _cookie
+
+    scope = {"headers": [(b"cookie", b'other="unbalanced; x=[1,2]; pgbg_csrf=abc.def')]}
+    assert _cookie(scope, "pgbg_csrf") == "abc.def"
+    assert _cookie({"headers": []}, "pgbg_csrf") is None
