@@ -150,13 +150,23 @@ def main(argv: list[str] | None = None) -> None:
         at, _, tid = unquote(cursor["after"]).rpartition(",")
         from pgbg.web import data
 
+        plans = {
+            "page 50": (None, None, (at, tid)),
+            "status=failed": (["failed"], None, None),
+            "type=rare": (None, "rare", None),
+            "status=failed&type=type-1 (matches nothing)": (["failed"], "type-1", None),
+        }
         with psycopg.connect(url, autocommit=True) as conn:
-            params = data.finished_params(None, None, None, None, (at, tid), 51)  # type: ignore[arg-type]
-            plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "
-                                + data.finished_page("id", None), params).fetchall()
-        print("\nplan of the page-50 query:")
-        for (line,) in plan:
-            print("  " + line)
+            for label, (statuses, task_type, after) in plans.items():
+                params = data.finished_params(statuses, task_type, None, None,
+                                              after, 51)  # type: ignore[arg-type]
+                plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "
+                                    + data.finished_page("id", statuses), params).fetchall()
+                print(f"\nplan of the {label} query:")
+                for (line,) in plan:
+                    if any(word in line for word in ("Scan", "Execution", "Limit", "Sort",
+                                                     "Buffers: shared", "Index Cond")):
+                        print("  " + line.strip()[:150])
     finally:
         if not args.keep:
             with psycopg.connect(server, autocommit=True) as conn:
