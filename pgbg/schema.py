@@ -114,6 +114,11 @@ task = Table(
           postgresql_where=text("status = 'failed' AND finished_at IS NULL")),
     Index("task_finished_at_idx", "finished_at",
           postgresql_where=text("finished_at IS NOT NULL")),
+    # The dashboard's lists (migration 0015): one type's history, and the failures alone.
+    Index("task_finished_type_idx", "task_type", "finished_at",
+          postgresql_where=text("finished_at IS NOT NULL")),
+    Index("task_unsuccessful_idx", "finished_at", postgresql_where=text(
+        "finished_at IS NOT NULL AND status <> 'succeeded'::pgbg.task_status")),
     Index("task_scheduled_idx", "run_at",
           postgresql_where=text("status = 'queued' AND run_at IS NOT NULL")),
     # At most one live task per key: enforced by the database, so concurrent enqueues agree.

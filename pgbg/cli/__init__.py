@@ -6,7 +6,7 @@ Errors print one line and exit non-zero; no traceback reaches the user.
 import os
 import sys
 
-from pgbg.cli import periodic, run, tasks, top  # noqa: F401  (each registers its commands)
+from pgbg.cli import periodic, run, tasks, top, web  # noqa: F401  (each registers its commands)
 from pgbg.cli.common import app
 
 
