@@ -94,7 +94,8 @@ def resolve(func: str, allow: Sequence[str] | None = None,
         target = sys.modules.get(module_name) or importlib.import_module(module_name)
         for part in qualname.split("."):
             target = getattr(target, part)
-    function = target.func if isinstance(target, registry.Task) else target
+    # a task object (``@pgbg.task``'s, ``django.tasks``'): what it wraps is what it runs
+    function = getattr(target, "func", target) if not inspect.isfunction(target) else target
     if allow is not None and not defined_in_allowed(function, allow):
         raise refused
     return target
