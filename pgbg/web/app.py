@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,8 @@ def create_app(read_only: bool = False, user: str | None = None, password: str |
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if broadcaster is not None:
             broadcaster.start()
+        # the overview's day, read ahead: no request waits for 23 hours of history
+        threading.Thread(target=site.warm, name="pgbg-web-warm", daemon=True).start()
         yield
         if broadcaster is not None:
             broadcaster.stop()

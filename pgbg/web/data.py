@@ -127,6 +127,39 @@ def series(conn: psycopg.Connection[Any], window: float, step: float) -> list[Bu
     return [Bucket(r[0], int(r[1]), int(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
 
 
+def hour_figures(conn: psycopg.Connection[Any], start: datetime, end: datetime
+                 ) -> tuple[dict[datetime, Bucket], dict[datetime, dict[str, dict[str, int]]]]:
+    """For each hour in [start, end) with tasks finished in it: its ``Bucket`` and its
+    counts by type and status (the overview's day, an hour at a time: ``rollup``)."""
+    params = {"start": start, "end": end}
+    where = """finished_at IS NOT NULL AND finished_at >= %(start)s AND finished_at < %(end)s"""
+    hour = "date_bin('1 hour', finished_at, 'epoch'::timestamptz)"
+    buckets = conn.execute(
+        f"""SELECT {hour} AS b, count(*),
+                   count(*) FILTER (WHERE status IN ('failed', 'terminated')),
+                   extract(epoch FROM avg(started_at - queued_at))::float,
+                   extract(epoch FROM percentile_cont(0.95) WITHIN GROUP
+                                      (ORDER BY started_at - queued_at))::float,
+                   extract(epoch FROM avg(finished_at - started_at))::float,
+                   extract(epoch FROM percentile_cont(0.95) WITHIN GROUP
+                                      (ORDER BY finished_at - started_at))::float
+              FROM pgbg.task WHERE {where} GROUP BY 1""", params).fetchall()
+    counts: dict[datetime, dict[str, dict[str, int]]] = {}
+    for b, task_type, status, n in conn.execute(
+            f"""SELECT {hour}, task_type, status::text, count(*) FROM pgbg.task
+                 WHERE {where} GROUP BY 1, 2, 3""", params).fetchall():
+        counts.setdefault(b, {}).setdefault(task_type, {})[status] = int(n)
+    return ({r[0]: Bucket(r[0], int(r[1]), int(r[2]), r[3], r[4], r[5], r[6])
+             for r in buckets}, counts)
+
+
+def this_hour(conn: psycopg.Connection[Any]) -> datetime:
+    """The start of the database clock's current hour."""
+    row = conn.execute("SELECT date_bin('1 hour', now(), 'epoch'::timestamptz)").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True)
 class TaskRow:
     """A task as a list shows it (no arguments or result: those can be large)."""

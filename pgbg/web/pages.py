@@ -8,6 +8,7 @@ Actions are POST forms (readable and usable without JavaScript) that call the li
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -32,14 +33,15 @@ from pgbg.exceptions import (
     TaskNotFound,
 )
 from pgbg.models import TaskStatus
-from pgbg.web import charts, data, metrics
+from pgbg.web import charts, data, metrics, rollup
 from pgbg.web.pool import Pool
 from pgbg.web.security import CSRF_COOKIE, CSRF_FIELD, Csrf
 
 PAGE_SIZE = 50
 MAX_PAGE = 500
 MAX_LIVE = 100  # unfinished tasks /tasks lists above the finished ones (/queue has the rest)
-DAY_EVERY = 30.0  # seconds the overview's 24-hour figures are reused before read again
+logger = logging.getLogger(__name__)
+DAY_EVERY = 5.0  # seconds the overview's 24-hour figures are reused before read again
 MAX_BULK = 1000  # tasks one bulk retry queues again; run it again for more
 RETRYABLE = ("failed", "terminated", "cancelled")
 DONE_MESSAGES = {
@@ -163,6 +165,7 @@ class Site:
                  settings: Settings) -> None:
         self.pool, self.templates, self.csrf, self.settings = pool, templates, csrf, settings
         self._day: Every[tuple[dict[str, dict[str, int]], list[data.Bucket]]] = Every(DAY_EVERY)
+        self.rollup = rollup.DayRollup()
 
     # -- rendering -----------------------------------------------------------------------
 
@@ -227,7 +230,15 @@ class Site:
 
     def _day_figures(self) -> tuple[dict[str, dict[str, int]], list[data.Bucket]]:
         with self.pool.connection() as conn:
-            return data.finished_counts(conn, 86400), data.series(conn, 86400, 3600)
+            return self.rollup.figures(conn)
+
+    def warm(self) -> None:
+        """Read the last day's complete hours now (at start, in the background), so no
+        request pays for them."""
+        try:
+            self._day_figures()
+        except Exception:  # the database may be down at start: the first request reads
+            logger.debug("the overview's day could not be read ahead", exc_info=True)
 
     def tasks(self, request: Request) -> Response:
         f = filters(request.query_params)
