@@ -216,3 +216,41 @@ def test_a_registered_only_worker_runs_the_django_tasks_of_its_import_modules(
     result.refresh()
     assert result.status is TaskResultStatus.SUCCESSFUL, result.errors[0].traceback
     assert result.return_value == 5
+
+
+# -- 8. Django's transaction when it is not an atomic() block ----------------------------
+
+def test_a_task_queued_with_autocommit_off_rolls_back_with_djangos_transaction(
+        django_db: str) -> None:
+    """transaction.set_autocommit(False) opens Django's transaction without atomic():
+    pgbg only joins when connection.in_atomic_block, so the task is committed at once on
+    pgbg's own connection and survives transaction.rollback() (the study does not)."""
+    transaction.set_autocommit(False)
+    try:
+        Study.objects.create(accession="M-1", series=1)
+        tasks.add.enqueue(1, 2)
+        pgbg.run_in_background("studies.tasks:import_study_now", "import", 1)
+        transaction.rollback()
+    finally:
+        transaction.set_autocommit(True)
+    assert not Study.objects.exists()
+    assert count(django_db) == 0, "the tasks outlived the transaction they were queued in"
+
+
+# -- 9. PGBG_DATABASE on an alias other than "default" -----------------------------------
+
+def test_the_models_and_the_admin_read_pgbg_database_not_default(
+        django_db: str, other_db: str) -> None:
+    """PGBG_DATABASE = "other": pgbg queues there, but Task (admin, ORM) has no database
+    router and reads "default" — here a database with pgbg's schema too, so the admin
+    silently lists another database's tasks (and on a non-pgbg default, errors)."""
+    from pgbg.contrib.django import transactions
+
+    with override_settings(PGBG_DATABASE="other"):
+        transactions.install("other")
+        try:
+            queued = pgbg.run_in_background("studies.tasks:import_study_now", "import", 1)
+            assert count(other_db) == 1 and count(django_db) == 0
+            assert Task.objects.filter(id=queued.id).exists()
+        finally:
+            transactions.install("default")
