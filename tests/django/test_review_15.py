@@ -254,3 +254,19 @@ def test_the_models_and_the_admin_read_pgbg_database_not_default(
             assert Task.objects.filter(id=queued.id).exists()
         finally:
             transactions.install("default")
+
+
+# -- 10. manage.py pgbg and Django's own command-line options ---------------------------
+
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_manage_py_pgbg_accepts_djangos_settings_option(django_db: str, where: str) -> None:
+    """django-admin pgbg worker --settings=mysite.settings (how a deployment without
+    DJANGO_SETTINGS_MODULE starts it, e.g. under systemd): Django applies --settings, then
+    the command hands all of argv to pgbg's parser: "No such option: --settings"."""
+    from pgbg_django_fixtures import SETTINGS
+
+    option = f"--settings={SETTINGS}"
+    args = ["pgbg", "ls", "--json", option] if where == "after" else \
+        ["pgbg", option, "ls", "--json"]
+    listed = manage(django_db, *args)
+    assert listed.returncode == 0, listed.stderr[-500:]
