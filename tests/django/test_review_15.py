@@ -270,3 +270,30 @@ def test_manage_py_pgbg_accepts_djangos_settings_option(django_db: str, where: s
         ["pgbg", option, "ls", "--json"]
     listed = manage(django_db, *args)
     assert listed.returncode == 0, listed.stderr[-500:]
+
+
+def test_the_admin_change_page_shows_every_field_retry_on_included(django_db: str) -> None:
+    """The issue: "the change page shows every field". The Task model has no retry_on
+    (pgbg.task.retry_on, text[]), so a task's retry rule is not shown anywhere."""
+    queued = pgbg.enqueue("studies.tasks:import_study_now", [1], task_type="import",
+                          max_attempts=3, retry_on=["myapp.errors.Transient"])
+    client = _superuser_client()
+    page = client.get(f"/admin/pgbg/task/{queued.id}/change/")
+    assert page.status_code == 200
+    assert b"myapp.errors.Transient" in page.content
+
+
+def test_task_finished_signal_agrees_with_the_recorded_outcome(
+        django_db: str, site_worker: Any, tmp_path: Any) -> None:
+    """PgbgTask.__call__ sends task_finished(status=SUCCESSFUL) as soon as the function
+    returns, before pgbg stores the value; a value jsonb cannot hold (NUL in a string)
+    then fails the task ("the return value cannot be stored"): receivers were told
+    SUCCESSFUL for a task whose TaskResult is FAILED."""
+    signals = tmp_path / "signals"
+    site_worker(1, REVIEW15_SIGNALS=str(signals))
+    result = review_tasks.returns_unstorable.enqueue("nul")
+    pgbg.wait_task(result.id, 60)
+    result.refresh()
+    assert result.status is TaskResultStatus.FAILED
+    assert "cannot be stored" in result.errors[0].traceback
+    assert signals.read_text().split() == [result.id, "FAILED"]
