@@ -297,3 +297,38 @@ def test_task_finished_signal_agrees_with_the_recorded_outcome(
     assert result.status is TaskResultStatus.FAILED
     assert "cannot be stored" in result.errors[0].traceback
     assert signals.read_text().split() == [result.id, "FAILED"]
+
+
+def test_each_child_opens_its_own_connection_with_djangos_connection_pool(
+        django_db: str) -> None:
+    """DATABASES OPTIONS {"pool": ...} (Django 5.1+): the pool lives in the class attribute
+    DatabaseWrapper._connection_pools, not in connections._connections, which is all that
+    forking.forget_connections resets. The fork server preloads a task module that
+    queries at import (so it opens the pool); every child forked after then takes a
+    connection from that inherited pool: the fork server's sessions, shared by children.
+    Observed: the task fails with OperationalError "connection socket closed"."""
+    pytest.importorskip("psycopg_pool")
+    import subprocess
+    import sys
+
+    from pgbg_django_fixtures import MANAGE, SITE, site_env
+
+    from pgbg_django_testapp import eager
+
+    env = {**site_env(django_db), "DJANGO_SETTINGS_MODULE": "pgbg_review15_pool_settings"}
+    worker = subprocess.Popen([sys.executable, str(MANAGE), "pgbg", "worker", "-c", "1",
+                               "--poll-interval", "1"], env=env, cwd=SITE,
+                              stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        seen = []
+        for _ in range(4):  # one at a time: the fork server preloads eager after the first
+            result = eager.backend_pid.enqueue()
+            pgbg.wait_task(result.id, 60)
+            result.refresh()
+            assert result.status is TaskResultStatus.SUCCESSFUL, result.errors
+            seen.append(result.return_value)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    assert len({value["pid"] for value in seen}) == 4
+    assert len({value["backend_pid"] for value in seen}) == 4, seen  # never a shared session
