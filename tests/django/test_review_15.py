@@ -332,3 +332,22 @@ def test_each_child_opens_its_own_connection_with_djangos_connection_pool(
         worker.wait(timeout=60)
     assert len({value["pid"] for value in seen}) == 4
     assert len({value["backend_pid"] for value in seen}) == 4, seen  # never a shared session
+
+
+def test_transaction_test_case_flush_removes_pgbgs_tasks_too(django_db: str) -> None:
+    """TransactionTestCase flushes every table between tests, but pgbg's tables belong to
+    unmanaged models, which flush skips: the next test (and `manage.py flush` in general)
+    keeps the previous test's queued tasks, pointing at studies that no longer exist."""
+    tested = manage(django_db, "test", "pgbg_review15_flushtests", "--noinput", "-v", "2")
+    assert tested.returncode == 0, tested.stderr[-2000:]
+
+
+def test_the_test_runner_can_destroy_its_database_after_pgbg_was_used(
+        django_db: str) -> None:
+    """One passing TransactionTestCase that queues a task outside atomic(): pgbg's own
+    shared connection to the test database stays open, so the runner's DROP DATABASE
+    fails ("is being accessed by other users") and manage.py test exits 1 although every
+    test passed."""
+    tested = manage(django_db, "test", "pgbg_review15_teardowntests", "--noinput")
+    assert "being accessed by other users" not in tested.stderr, tested.stderr[-1500:]
+    assert tested.returncode == 0, tested.stderr[-1500:]
