@@ -14,7 +14,7 @@ import json
 import re
 import uuid
 from collections.abc import Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -164,7 +164,9 @@ class PgbgBackend(BaseTaskBackend):
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         """Queue ``task(*args, **kwargs)``: inside ``transaction.atomic()`` on the backend's
-        database, in that transaction (it exists only if that commits)."""
+        database, in that transaction (it exists only if that commits), in a savepoint.
+        With a ``unique_key`` a live task holds, that task's result (nothing is queued,
+        no ``task_enqueued``)."""
         self.validate_task(task)
         args, kwargs = _json_arguments(task, args, kwargs)
         run_at = task.run_after
@@ -210,11 +212,10 @@ class PgbgBackend(BaseTaskBackend):
         """Around pgbg's statements on Django's ``connection``: a savepoint inside its
         transaction (a failed one leaves the caller's transaction usable), else a
         transaction of its own; a database error as pgbg's."""
+        from pgbg.contrib.django import transactions
+
         if connection is None:
             return nullcontext()
-        from contextlib import ExitStack
-
-        from pgbg.contrib.django import transactions
 
         stack = ExitStack()
         stack.enter_context(api.database_errors(refused))
