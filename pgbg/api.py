@@ -177,6 +177,10 @@ def run(operation: queries.Operation[T], connection: Any = None, *, join: bool =
     the driver's is its cause."""
     if connection is None and join:
         connection = db.caller_connection()
+        if connection is not None:  # in the application's scope (a savepoint, say)
+            with database_errors(refused), db.caller_scope(connection):
+                return run(operation, connection, join=False, transaction=transaction,
+                           refused=refused)
     if connection is None:
         with db.shared_connection() as conn, database_errors(refused):
             if not transaction:
@@ -217,16 +221,22 @@ def database_errors(refused: type[DatabaseError] = DatabaseError) -> Iterator[No
     except Exception as exc:
         if not _is_driver_error(exc):
             raise
+        cause = exc.__cause__  # Django's errors wrap the driver's so
+        if isinstance(cause, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)):
+            raise SchemaMissing() from exc
+        if isinstance(cause, psycopg.OperationalError):
+            raise DatabaseUnavailable(f"the database could not be reached: {cause}") from exc
         raise refused(f"{(refused.__doc__ or '').strip().rstrip('.')}: "
                       f"{type(exc).__name__}: {exc}") from exc
 
 
 def _is_driver_error(exc: Exception) -> bool:
-    """Whether ``exc`` is a database driver's (psycopg's, SQLAlchemy's, psycopg2's) error.
-    SQLAlchemy and psycopg2 are looked up only if loaded: their errors cannot occur else."""
+    """Whether ``exc`` is a database driver's (psycopg's, SQLAlchemy's, psycopg2's, Django's)
+    error. Those modules are looked up only if loaded: their errors cannot occur else."""
     if isinstance(exc, psycopg.Error):
         return True
-    for module, name in (("sqlalchemy.exc", "SQLAlchemyError"), ("psycopg2", "Error")):
+    for module, name in (("sqlalchemy.exc", "SQLAlchemyError"), ("psycopg2", "Error"),
+                         ("django.db.utils", "Error")):
         loaded = sys.modules.get(module)
         cls = getattr(loaded, name, None) if loaded is not None else None
         if isinstance(cls, type) and isinstance(exc, cls):

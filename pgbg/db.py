@@ -37,6 +37,7 @@ _shared: psycopg.Connection[Any] | None = None
 _shared_pid: int | None = None
 _inherited: list[Any] = []  # connections a forked child must keep but never touch
 _provider: Callable[[], Any] | None = None  # use_connection's
+_scope: Callable[[Any], AbstractContextManager[Any]] | None = None  # and its scope
 _configured = 0  # configure() calls
 # wait_task's connection is pgbg/waiters.py's: one per process, whatever the waiters.
 try:
@@ -79,7 +80,8 @@ def configure(url: str | None = None, *, engine: Engine | None = None,
     waiters.stop()  # its connection is to the database configured before
 
 
-def use_connection(provider: Callable[[], Any] | None) -> None:
+def use_connection(provider: Callable[[], Any] | None,
+                   scope: Callable[[Any], AbstractContextManager[Any]] | None = None) -> None:
     """Make pgbg's API join an application's transactions by default (Django's, say).
 
     ``provider()`` is called by each call of ``enqueue``, ``enqueue_many``,
@@ -87,14 +89,24 @@ def use_connection(provider: Callable[[], Any] | None) -> None:
     ``connection=``: it returns the connection to run on (inside its transaction), or None
     for pgbg's own connection, committed at once. Waiting, removing and terminating never
     join it: they act at once. ``None`` removes the provider.
+
+    ``scope(connection)``, if given, is entered around each of pgbg's operations on the
+    provider's connection: Django's ``atomic()`` there makes it a savepoint, so a failed
+    statement of pgbg's leaves the application's transaction usable.
     """
-    global _provider
+    global _provider, _scope
     _provider = provider
+    _scope = scope if provider is not None else None
 
 
 def caller_connection() -> Any:
     """The connection ``use_connection``'s provider gives now, or None."""
     return _provider() if _provider is not None else None
+
+
+def caller_scope(connection: Any) -> AbstractContextManager[Any]:
+    """``use_connection``'s scope around an operation on ``connection``, else nothing."""
+    return _scope(connection) if _scope is not None else nullcontext()
 
 
 def configured() -> int:

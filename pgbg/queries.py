@@ -162,6 +162,12 @@ def task_insert_many(params: Mapping[str, Any]) -> Operation[None]:
 
 # -- tasks: reading ------------------------------------------------------------------
 
+def task_flush() -> Operation[None]:
+    """Every task, its log lines and links gone (Django's ``flush``: the database emptied,
+    as between ``TransactionTestCase`` tests); workers and periodic schedules stay."""
+    yield Statement("TRUNCATE pgbg.task_link, pgbg.task_log, pgbg.task", {})
+
+
 def task_get(task_id: uuid.UUID) -> Operation[BackgroundTask | None]:
     """The task's row (as JSON text: every driver reads it alike; its times in the
     session's zone, as psycopg gives them), or None."""

@@ -159,6 +159,13 @@ def declared(name: str) -> Task[Any, Any] | None:
     return _declared.get(name)
 
 
+def register(name: str, target: Any) -> None:
+    """Record another framework's task object (a ``django.tasks`` task of pgbg's backend)
+    as declared under ``module:qualname``: ``--registered-only`` runs it too. The first
+    one recorded under a name stays (its ``.using()`` copies run the same function)."""
+    _declared.setdefault(name, target)
+
+
 def declared_names() -> list[str]:
     return sorted(_declared)
 

@@ -20,6 +20,7 @@ from psycopg.conninfo import conninfo_to_dict
 import pgbg
 from pgbg.contrib.django import InvalidTaskArguments, PgbgBackend
 from pgbg.contrib.django.backend import exception_class_path
+from pgbg.exceptions import EnqueueFailed
 
 BACKEND = "pgbg.contrib.django.PgbgBackend"
 
@@ -51,6 +52,25 @@ def test_a_task_queued_in_atomic_commits_and_rolls_back_with_it(django_db: str) 
 
     outside = tasks.add.enqueue(7, 8)  # autocommit: at once
     assert count(django_db, "SELECT count(*) FROM pgbg.task WHERE id = %s", outside.id) == 1
+
+
+def test_pgbgs_own_api_fails_in_a_savepoint_of_djangos_transaction(django_db: str) -> None:
+    """The use_connection path (pgbg's own API inside atomic()): a refused enqueue is
+    pgbg's clear error, and the caller's transaction goes on, keeping what it did."""
+    import psycopg
+
+    from studies.models import Study
+
+    with psycopg.connect(django_db, autocommit=True) as other:  # refuses args [2]
+        other.execute("ALTER TABLE pgbg.task ADD CONSTRAINT no_two "
+                      "CHECK (args <> '[2]'::jsonb)")
+    with transaction.atomic():
+        Study.objects.create(accession="S-1", series=1)
+        pgbg.run_in_background("studies.tasks:import_study_now", "import", 1)
+        with pytest.raises(EnqueueFailed, match="no_two"):
+            pgbg.run_in_background("studies.tasks:import_study_now", "import", 2)
+        Study.objects.create(accession="S-2", series=1)  # the transaction still works
+    assert Study.objects.count() == 2 and count(django_db) == 1
 
 
 def test_pgbgs_own_api_joins_djangos_transaction(django_db: str) -> None:

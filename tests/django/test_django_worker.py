@@ -128,3 +128,26 @@ def test_sigterm_drains_the_running_task(django_db: str, site_worker: Any,
     assert finished(result).status is TaskResultStatus.SUCCESSFUL
     assert pgbg.get_task(later.id).status is pgbg.TaskStatus.QUEUED  # left for the next worker
     assert Study.objects.get(pk=study.pk).imported_series == 2
+
+
+def test_a_forked_child_starts_without_the_fork_servers_connection_pools() -> None:
+    """Deterministic half of the review's pool test (which reaches an inherited pool only
+    when a spare child was forked after the fork server opened one): what the child runs
+    after fork leaves Django's pools (a class attribute, not ``connections``) behind,
+    referenced and untouched, so its first query opens a pool of its own."""
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    from pgbg.contrib.django import forking
+
+    pools = DatabaseWrapper._connection_pools
+    saved = dict(pools)
+    inherited = object()  # stands for the fork server's ConnectionPool: never touched
+    pools["default"] = inherited
+    try:
+        forking._forget_pools()
+        assert "default" not in DatabaseWrapper._connection_pools
+        assert any(kept.get("default") is inherited for kept in forking._inherited
+                   if isinstance(kept, dict))
+    finally:
+        pools.clear()
+        pools.update(saved)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -20,7 +20,12 @@ def queue_imports(request: HttpRequest) -> HttpResponse:
     """Create the studies named in ``accession`` and queue one import each, in one
     transaction: a study exists if and only if its import is queued."""
     accessions = [a.strip() for a in request.POST.getlist("accession") if a.strip()]
-    series = int(request.POST.get("series", "3"))
+    try:
+        series = int(request.POST.get("series", "3"))
+    except ValueError:
+        return HttpResponseBadRequest("series must be a whole number")
+    if not 0 <= series <= 2_147_483_647:  # the column's range
+        return HttpResponseBadRequest("series must be from 0 to 2147483647")
     style = request.POST.get("style", "django")
     with transaction.atomic():
         for accession in accessions:
@@ -48,6 +53,9 @@ def task_page(request: HttpRequest) -> HttpResponse:
 @require_POST
 @permission_required("pgbg.change_task", raise_exception=True)
 def terminate(request: HttpRequest, task_id: str) -> HttpResponse:
-    task = pgbg.terminate_background(task_id, wait=False)
+    try:
+        task = pgbg.terminate_background(task_id, wait=False)
+    except pgbg.TaskNotFound:
+        raise Http404(f"no task {task_id}") from None
     messages.info(request, f"terminating {task.id} ({task.status})")
     return redirect("tasks")

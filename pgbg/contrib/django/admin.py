@@ -61,7 +61,7 @@ class TaskAdmin(ReadOnly):
                            "result", "error"]}),
         ("Limits and options", {"fields": [
             "priority", "num_proc", "num_of_task_type", "max_attempts", "timeout",
-            "run_at", "unique_key", "unique_running", "retry_backoff", "periodic",
+            "run_at", "unique_key", "unique_running", "retry_on", "retry_backoff", "periodic",
             "period"]}),
         ("Run", {"fields": [
             "queued_at", "started_at", "finished_at", "attempt", "worker_id", "hostname",

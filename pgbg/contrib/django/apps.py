@@ -32,8 +32,25 @@ def _upgrade_after_migrate(sender: AppConfig, using: str, plan: Any = None,
     alias to after ``ready()``, and pgbg must use that one."""
     from pgbg.contrib.django import conf, migration, transactions
 
-    if plan is None:  # ``flush`` (between TransactionTestCase tests): not a migrate
+    if using != conf.database_alias():
         return
-    if using == conf.database_alias():
-        migration.upgrade(using)
-        transactions.install(using)
+    if plan is None:  # ``flush`` (between TransactionTestCase tests): empty pgbg's too
+        flush(using)
+        return
+    migration.upgrade(using)
+    transactions.install(using)
+
+
+def flush(alias: str) -> None:
+    """``flush`` emptied Django's tables (unmanaged models' excepted): pgbg's tasks go too,
+    on Django's connection (``manage.py flush``, ``TransactionTestCase``)."""
+    from django.db import connections, transaction
+
+    import pgbg
+    from pgbg import api, queries
+
+    try:
+        with api.database_errors(), transaction.atomic(using=alias):
+            api.run(queries.task_flush(), connections[alias])
+    except pgbg.SchemaMissing:  # a database pgbg was never migrated on: nothing to empty
+        pass

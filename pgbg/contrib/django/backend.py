@@ -9,9 +9,12 @@ the row shows the task's own name, arguments and result, in SQL and in the admin
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 import uuid
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -27,6 +30,8 @@ from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
 import pgbg
+from pgbg import api, registry, storable
+from pgbg.exceptions import EnqueueFailed
 from pgbg.models import BackgroundTask, TaskStatus
 
 # pgbg's options a task (``@task(...)``, ``.using(...)``) may set; the backend's OPTIONS may
@@ -62,6 +67,12 @@ class PgbgTask(Task):
     timeout: float | None = None
     unique_key: str | None = None
 
+    def __post_init__(self) -> None:
+        """Checked by the backend (Django's own), and declared to pgbg, so a worker with
+        ``--registered-only --import`` of the task's module runs it."""
+        Task.__post_init__(self)  # not super(): slots=True makes a new class
+        registry.register(_func(self), self)
+
     def using(self, *, priority: int | None = None, queue_name: str | None = None,
               run_after: datetime | None = None, backend: str | None = None,
               **options: Any) -> PgbgTask:
@@ -94,8 +105,11 @@ class PgbgTask(Task):
                 task_finished.send(type(backend), task_result=result)
             raise
         if result is not None:
-            object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
-            object.__setattr__(result, "_return_value", value)
+            if _storable(value):
+                object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+                object.__setattr__(result, "_return_value", value)
+            else:  # the worker's child records the task failed, saying why
+                object.__setattr__(result, "status", TaskResultStatus.FAILED)
             task_finished.send(type(backend), task_result=result)
         return value
 
@@ -150,20 +164,28 @@ class PgbgBackend(BaseTaskBackend):
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         """Queue ``task(*args, **kwargs)``: inside ``transaction.atomic()`` on the backend's
-        database, in that transaction (it exists only if that commits)."""
+        database, in that transaction (it exists only if that commits), in a savepoint.
+        With a ``unique_key`` a live task holds, that task's result (nothing is queued,
+        no ``task_enqueued``)."""
         self.validate_task(task)
         args, kwargs = _json_arguments(task, args, kwargs)
         run_at = task.run_after
         if run_at is not None and timezone.is_naive(run_at):
             run_at = timezone.make_aware(run_at)
         try:
-            queued = pgbg.enqueue(_func(task), args, kwargs, priority=task.priority,
-                                  run_at=run_at, connection=self.connection(),
-                                  **self.options_of(task))
+            params = api.prepare_enqueue(_func(task), args, kwargs, priority=task.priority,
+                                         run_at=run_at, **self.options_of(task))
         except pgbg.NotSerializable as exc:
             raise InvalidTaskArguments(f"{task.module_path}: {exc}") from None
         except pgbg.InvalidOption as exc:
             raise InvalidTask(f"{task.module_path}: {exc}") from None
+        connection = self.connection()
+        with self._scope(connection, EnqueueFailed):
+            queued = api.run(api.enqueue_operation(params), connection,
+                             refused=EnqueueFailed)
+            if str(queued.id) != params["id"]:  # a live task holds the unique_key: that one
+                return self.task_result(api.run(api.get_task_operation(queued.id),
+                                                connection))
         result = TaskResult(task=task, id=str(queued.id), status=TaskResultStatus.READY,
                             enqueued_at=timezone.now(), started_at=None, finished_at=None,
                             last_attempted_at=None, args=args, kwargs=kwargs,
@@ -173,11 +195,32 @@ class PgbgBackend(BaseTaskBackend):
 
     def connection(self) -> Any:
         """Django's connection to the backend's database while it is in a transaction
-        (``atomic()``), for pgbg to join; else None (pgbg commits on its own)."""
+        (``atomic()``, or autocommit off), for pgbg to join; else None (pgbg commits on its
+        own connection) — except for a backend whose ``OPTIONS["database"]`` is not
+        ``PGBG_DATABASE``: pgbg's own connection is to that one, so always Django's."""
         from django.db import connections
 
+        from pgbg.contrib.django import conf, transactions
+
         connection = connections[self.database]
-        return connection if connection.in_atomic_block else None
+        if self.database != conf.database_alias() or transactions.in_transaction(connection):
+            return connection
+        return None
+
+    def _scope(self, connection: Any, refused: type[pgbg.DatabaseError] = pgbg.DatabaseError
+               ) -> AbstractContextManager[Any]:
+        """Around pgbg's statements on Django's ``connection``: a savepoint inside its
+        transaction (a failed one leaves the caller's transaction usable), else a
+        transaction of its own; a database error as pgbg's."""
+        from pgbg.contrib.django import transactions
+
+        if connection is None:
+            return nullcontext()
+
+        stack = ExitStack()
+        stack.enter_context(api.database_errors(refused))
+        stack.enter_context(transactions.scope(self.database))
+        return stack
 
     # -- results ------------------------------------------------------------------------
 
@@ -187,8 +230,10 @@ class PgbgBackend(BaseTaskBackend):
             tid = uuid.UUID(str(result_id))
         except ValueError:
             raise TaskResultDoesNotExist(f"{result_id!r} is not a pgbg task id") from None
+        connection = self.connection()
         try:
-            row = pgbg.get_task(tid)
+            with self._scope(connection):
+                row = api.run(api.get_task_operation(tid), connection)
         except pgbg.TaskNotFound:
             raise TaskResultDoesNotExist(f"no task with id {tid}") from None
         return self.task_result(row)
@@ -203,8 +248,10 @@ class PgbgBackend(BaseTaskBackend):
             changes["run_after"] = row.run_at
         if task.backend != self.alias:
             changes["backend"] = self.alias
-        if changes:
-            task = replace(task, **changes)
+        if changes:  # as the row says, unchecked: pgbg's own API may queue a priority
+            task = copy.copy(task)  # wider than Django's -100...100 for the same function
+            for name, value in changes.items():
+                object.__setattr__(task, name, value)
         status = STATUS[row.status]
         errors = []
         if status is TaskResultStatus.FAILED:
@@ -249,10 +296,20 @@ def _declared_task(row: BackgroundTask) -> Task:
     return task
 
 
+def _storable(value: Any) -> bool:
+    """Whether the worker's child can store ``value`` as the task's result (the child's
+    own rule: ``storable.check_json`` and its size limit)."""
+    from pgbg import child
+
+    try:
+        storable.check_json(value, "result")
+        return len(json.dumps(value, allow_nan=False)) <= child.MAX_REPORT - 4096
+    except (pgbg.PgbgError, TypeError, ValueError):
+        return False
+
+
 def _pgbg_options(where: str, func: str, options: Mapping[str, Any]) -> None:
     """pgbg's own checks of the options (nothing is written), as ``InvalidTask``."""
-    from pgbg import api
-
     try:
         api._options(func, options.get("task_type", "check"), 0, options.get("num_proc", 0),
                      options.get("num_of_task_type"), options.get("max_attempts", 1),

@@ -1,12 +1,65 @@
 """pgbg's tables as Django models, for the admin and for queries joining them to the
 application's own tables. ``managed = False``: Django never creates, alters or drops them;
-pgbg's own migrations do (``manage.py migrate`` runs those)."""
+pgbg's own migrations do (``manage.py migrate`` runs those).
+
+They read ``PGBG_DATABASE`` (their managers' querysets are on that alias, so the admin
+and ``Task.objects`` follow it) and never write: ``save``, ``delete`` and the querysets'
+``update``, ``delete``, ``bulk_create`` and ``bulk_update`` raise ``TypeError``."""
 
 from __future__ import annotations
 
+from typing import Any, NoReturn
+
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from pgbg.models import TaskStatus
+
+_REFUSED = ("rows change only through pgbg's API (pgbg.terminate_background, "
+            "pgbg.retry_task, ...), never by the ORM")
+
+
+class ReadOnlyQuerySet(models.QuerySet):
+    """A queryset of pgbg's rows: reads, never writes."""
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(f"{self.model.__name__} {_REFUSED}")
+
+    update = _update = delete = _raw_delete = bulk_create = bulk_update = _refuse
+
+
+class PgbgManager(models.Manager):
+    """Querysets on ``PGBG_DATABASE``, read-only."""
+
+    def get_queryset(self) -> ReadOnlyQuerySet:
+        from pgbg.contrib.django import conf
+
+        return ReadOnlyQuerySet(self.model, using=self._db or conf.database_alias())
+
+
+class StatusField(models.TextField):
+    """``pgbg.task.status`` (the enum ``pgbg.task_status``): a value outside it is
+    Django's ``ValidationError`` in a lookup (the admin's ``?status__exact=bogus`` shows
+    its "incorrect lookup" page), never the database's error."""
+
+    def get_prep_value(self, value: Any) -> Any:
+        value = super().get_prep_value(value)
+        if value is not None and value not in STATUSES:
+            raise ValidationError(f"{value!r} is not a pgbg task status "
+                                  f"({', '.join(STATUSES)})", code="invalid_choice")
+        return value
+
+
+STATUSES = tuple(status.value for status in TaskStatus)
+
+
+class TextArrayField(models.Field):
+    """A ``text[]`` column, read as a list of str (psycopg reads arrays so): pgbg's
+    ``retry_on``, without asking for ``django.contrib.postgres`` in ``INSTALLED_APPS``
+    (its ``ArrayField`` does) for a column that is only ever read here."""
+
+    def db_type(self, connection: Any) -> str:
+        return "text[]"
 
 
 class Task(models.Model):
@@ -14,13 +67,15 @@ class Task(models.Model):
 
     STATUS_CHOICES = [(status.value, status.value) for status in TaskStatus]
 
+    objects = PgbgManager()
+
     id = models.UUIDField(primary_key=True)
     task_type = models.TextField()
     func = models.TextField()
     args = models.JSONField(default=list)
     kwargs = models.JSONField(default=dict)
     priority = models.IntegerField(default=0)
-    status = models.TextField(choices=STATUS_CHOICES, default="queued")
+    status = StatusField(choices=STATUS_CHOICES, default="queued")
     num_proc = models.IntegerField(default=0)
     num_of_task_type = models.JSONField(default=dict)
     queued_at = models.DateTimeField()
@@ -42,6 +97,7 @@ class Task(models.Model):
     run_at = models.DateTimeField(null=True)
     unique_key = models.TextField(null=True)
     unique_running = models.BooleanField(default=True)
+    retry_on = TextArrayField(null=True)
     retry_backoff = models.FloatField(null=True)
     periodic = models.TextField(null=True)
     period = models.DateTimeField(null=True)
@@ -60,6 +116,8 @@ class Task(models.Model):
 
 class TaskLog(models.Model):
     """A line of ``pgbg.task_log``: progress, errors and captured output (level ``output``)."""
+
+    objects = PgbgManager()
 
     id = models.BigAutoField(primary_key=True)
     task = models.ForeignKey(Task, models.DO_NOTHING, db_constraint=False,
@@ -82,6 +140,8 @@ class TaskLink(models.Model):
     """A row of ``pgbg.task_link`` (``record_task_related(kind, key)``), e.g. to join
     ``Study`` to the tasks that worked on it: ``kind="study", key=str(study.pk)``."""
 
+    objects = PgbgManager()
+
     pk = models.CompositePrimaryKey("task", "kind", "key")
     task = models.ForeignKey(Task, models.DO_NOTHING, db_constraint=False,
                              related_name="links")
@@ -99,6 +159,8 @@ class TaskLink(models.Model):
 
 class Worker(models.Model):
     """A live worker (``pgbg.worker``)."""
+
+    objects = PgbgManager()
 
     id = models.UUIDField(primary_key=True)
     hostname = models.TextField()
@@ -118,8 +180,7 @@ class Worker(models.Model):
 
 
 def _read_only(self: models.Model, *args: object, **kwargs: object) -> None:
-    raise TypeError(f"{type(self).__name__} rows change only through pgbg's API "
-                    "(pgbg.terminate_background, pgbg.retry_task, ...), never by the ORM")
+    raise TypeError(f"{type(self).__name__} {_REFUSED}")
 
 
 for _model in (Task, TaskLog, TaskLink, Worker):

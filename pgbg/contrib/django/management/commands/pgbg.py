@@ -21,8 +21,11 @@ class Command(BaseCommand):
                             help="a pgbg command and its options, e.g. worker -c 4")
 
     def run_from_argv(self, argv: list[str]) -> None:
-        """Everything after ``pgbg`` goes to pgbg's own parser (its --help included)."""
-        run(argv[2:], f"{os.path.basename(argv[0])} {argv[1]}")  # exits with its code
+        """Everything after ``pgbg`` goes to pgbg's own parser (its --help included), but
+        Django's ``--settings`` and ``--pythonpath``, wherever they are (before ``--``):
+        Django has applied them already."""
+        run(without_django_options(argv[2:]),
+            f"{os.path.basename(argv[0])} {argv[1]}")  # exits with its code
 
     def handle(self, *args: str, **options: Any) -> None:
         """``call_command("pgbg", "ls", "--json")``: a failure is a ``CommandError``."""
@@ -33,6 +36,25 @@ class Command(BaseCommand):
                 raise CommandError(f"pgbg {' '.join(args)} exited with {exc.code}",
                                    returncode=exc.code if isinstance(exc.code, int) else 1
                                    ) from None
+
+
+DJANGO_OPTIONS = ("--settings", "--pythonpath")  # what ManagementUtility reads itself
+
+
+def without_django_options(args: list[str]) -> list[str]:
+    """``args`` without Django's own options (``--settings=X`` or ``--settings X``)."""
+    kept: list[str] = []
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--":
+            kept.append(arg)
+            kept.extend(rest)
+            break
+        if arg in DJANGO_OPTIONS:
+            next(rest, None)  # its value
+        elif not arg.startswith(tuple(f"{option}=" for option in DJANGO_OPTIONS)):
+            kept.append(arg)
+    return kept
 
 
 def run(args: list[str], prog_name: str) -> None:
