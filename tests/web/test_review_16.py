@@ -1,0 +1,161 @@
+"""A hostile review of the dashboard (issue 16): each test here failed on the code it was
+written against. Real PostgreSQL (the module's database), the app in-process through
+Starlette's TestClient where a server process adds nothing, a real ``pgbg web`` or
+uvicorn process where it does."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from conftest import wait_for
+
+import pgbg
+from web.conftest import PASSWORD, USER, WebServer, free_port
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+
+PREFIX = "/admin/tasks"
+
+
+def mounted(web_db: str, **options: Any) -> Any:
+    """The dashboard embedded as the issue says: ``create_app`` under a ``Mount``."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from pgbg.web import create_app
+
+    return Starlette(routes=[Mount(PREFIX, app=create_app(database_url=web_db, **options))])
+
+
+@pytest.fixture
+def embedded(web_db: str) -> Iterator[Any]:
+    from starlette.testclient import TestClient
+
+    with TestClient(mounted(web_db, password=None), raise_server_exceptions=False) as client:
+        yield client
+
+
+def queued_later(conn: psycopg.Connection[Any], task_type: str = "review16") -> uuid.UUID:
+    """A task that stays queued (no worker runs in this module, and it is not due)."""
+    tid = uuid.uuid4()
+    conn.execute("""INSERT INTO pgbg.task (id, task_type, func, status, run_at)
+                    VALUES (%s, %s, 'm:f', 'queued', now() + interval '1 day')""",
+                 (tid, task_type))
+    return tid
+
+
+def csrf_of(text: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', text)
+    assert match, "the page has no CSRF field"
+    return match[1]
+
+
+# -- embedding under a path prefix -------------------------------------------------------
+
+def test_embedded_under_a_prefix_links_forms_and_static_stay_under_it(
+        embedded: Any, conn_web: Any) -> None:
+    tid = queued_later(conn_web)
+    for path in ("/", "/tasks", f"/tasks/{tid}", "/queue"):
+        page = embedded.get(PREFIX + path)
+        assert page.status_code == 200, (path, page.text[:300])
+        urls = re.findall(r'(?:href|src|action|hx-get)="(/[^"]*)"', page.text)
+        outside = sorted({u for u in urls if not u.startswith(PREFIX + "/")})
+        # observed: href="/static/pgbg.css", src="/static/htmx.min.js", href="/tasks",
+        # action="/tasks/<id>/terminate": the host app's own pages (or 404s), not pgbg's
+        assert outside == [], f"{path}: links leave the mount: {outside[:8]}"
+
+
+def test_embedded_under_a_prefix_an_action_redirects_under_it(embedded: Any,
+                                                              conn_web: Any) -> None:
+    tid = queued_later(conn_web)
+    page = embedded.get(f"{PREFIX}/tasks/{tid}")
+    assert page.status_code == 200
+    done = embedded.post(f"{PREFIX}/tasks/{tid}/remove", data={"csrf": csrf_of(page.text)},
+                         follow_redirects=False)
+    assert done.status_code == 303, done.text[:300]
+    assert pgbg.get_task(tid).status == pgbg.TaskStatus.CANCELLED
+    # observed: Location: /tasks/<id>?done=remove (outside the mount)
+    assert done.headers["location"].startswith(f"{PREFIX}/tasks/{tid}")
+
+
+def test_embedded_under_a_prefix_healthz_stays_open(web_db: str) -> None:
+    from starlette.testclient import TestClient
+
+    app = mounted(web_db, user=USER, password=PASSWORD)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get(f"{PREFIX}/tasks", auth=(USER, PASSWORD)).status_code == 200
+        health = client.get(f"{PREFIX}/healthz")
+    # observed: 401 (the guard compares the full path, /admin/tasks/healthz, with /healthz)
+    assert health.status_code == 200, health.text
+    assert health.json()["status"] == "ok"
+
+
+def test_embedded_under_a_prefix_static_files_may_be_cached(embedded: Any) -> None:
+    static = embedded.get(f"{PREFIX}/static/htmx.min.js")
+    assert static.status_code == 200
+    # observed: cache-control: no-store (the guard looks for "/static/" at the path's start)
+    assert static.headers["cache-control"] == "private, max-age=3600"
+
+
+APP_MODULE = '''
+import os
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from pgbg.web import create_app
+
+app = Starlette(routes=[Mount("{prefix}", app=create_app(
+    database_url=os.environ["PGBG_DATABASE_URL"], password=None))])
+'''
+
+
+def test_embedded_under_a_mount_events_still_announce_changes(web_db: str,
+                                                              tmp_path: Path) -> None:
+    """A mounted app's lifespan is not run by Starlette (nor FastAPI): the LISTEN thread
+    that feeds /events is started only there, so embedded, /events never says anything."""
+    (tmp_path / "host_app.py").write_text(APP_MODULE.format(prefix=PREFIX))
+    port = free_port()
+    env = {**os.environ, "PGBG_DATABASE_URL": web_db}
+    env.pop("PGBG_NO_LISTEN", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(tmp_path), "--port", str(port),
+         "host_app:app"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert proc.poll() is None, "uvicorn exited"
+        try:
+            return httpx.get(base + PREFIX + "/healthz", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(answers, timeout=60, message="the host app to answer")
+        seen: list[str] = []
+        with httpx.stream("GET", base + PREFIX + "/events", timeout=30) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            assert next(lines).startswith("retry:")
+            pgbg.enqueue("pgbg_test_web_tasks:succeed", args=[1], task_type="review16-ev",
+                         run_at=None, delay=3600)
+            deadline = time.monotonic() + 20  # a bound on the wait, not a synchronisation
+            for line in lines:
+                seen.append(line)
+                if line == "data: changed" or time.monotonic() > deadline:
+                    break
+        # observed: only ": keep-alive" comments, never "data: changed"
+        assert "data: changed" in seen, seen
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
