@@ -159,3 +159,47 @@ def test_embedded_under_a_mount_events_still_announce_changes(web_db: str,
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# -- faults --------------------------------------------------------------------------------
+
+END_DASHBOARD_CONNECTIONS = """
+    SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) FROM pg_stat_activity
+     WHERE datname = current_database() AND pid <> pg_backend_pid()
+       AND application_name LIKE 'pgbg%%' AND backend_type = 'client backend'"""
+
+
+@pytest.fixture(scope="module")
+def restart_server(start_server: Any) -> WebServer:
+    """A ``pgbg web`` of its own for the tests that end its connections."""
+    return start_server()
+
+
+@pytest.mark.parametrize("path", ["/tasks", "/", "/metrics"])
+def test_a_page_after_its_connections_were_ended_is_not_a_503(
+        restart_server: WebServer, conn_web: Any, path: str) -> None:
+    """What a database restart (or a failover, or pg_terminate_backend) does to the pool:
+    the database answers again at once, so the dashboard must too."""
+    with restart_server.client() as client:
+        assert client.get(path).status_code == 200
+        assert conn_web.execute(END_DASHBOARD_CONNECTIONS).fetchone()[0] >= 1
+        after = client.get(path)
+    # observed: 503 "lost the connection to ...: terminating connection due to
+    # administrator command" for each pooled connection idle less than 5 s
+    assert after.status_code == 200, after.text[:400]
+
+
+def test_an_action_after_its_connections_were_ended_is_not_a_503(
+        restart_server: WebServer, conn_web: Any) -> None:
+    first, second = queued_later(conn_web), queued_later(conn_web)
+    with restart_server.client() as client:
+        page = client.get(f"/tasks/{first}")
+        token = csrf_of(page.text)
+        assert client.post(f"/tasks/{first}/remove", data={"csrf": token},
+                           follow_redirects=False).status_code == 303
+        assert conn_web.execute(END_DASHBOARD_CONNECTIONS).fetchone()[0] >= 1
+        removed = client.post(f"/tasks/{second}/remove", data={"csrf": token},
+                              follow_redirects=False)
+    # observed: 503 (the process's shared connection died; nothing retries on a new one)
+    assert removed.status_code == 303, removed.text[:400]
+    assert pgbg.get_task(second).status == pgbg.TaskStatus.CANCELLED
