@@ -203,3 +203,32 @@ def test_an_action_after_its_connections_were_ended_is_not_a_503(
     # observed: 503 (the process's shared connection died; nothing retries on a new one)
     assert removed.status_code == 303, removed.text[:400]
     assert pgbg.get_task(second).status == pgbg.TaskStatus.CANCELLED
+
+
+# -- access --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def open_server(start_server: Any) -> WebServer:
+    """``pgbg web`` on loopback without a password, as the README's first example runs it."""
+    return start_server(password=None)
+
+
+def test_without_a_password_a_foreign_host_name_is_refused(open_server: WebServer,
+                                                           conn_web: Any) -> None:
+    """DNS rebinding: a page from http://rebind.attacker.example:PORT whose name then
+    resolves to 127.0.0.1 is same-origin with the loopback dashboard in the victim's
+    browser. It can read a task page (and its CSRF token, and the cookie is its own) and
+    post Terminate/Retry/Remove. With no password, the Host header is the only thing the
+    dashboard can check: it must name this machine (localhost, 127.0.0.1, [::1])."""
+    tid = queued_later(conn_web)
+    host = {"Host": f"rebind.attacker.example:{open_server.port}"}
+    with open_server.client(auth=False) as browser:
+        assert browser.get(f"/tasks/{tid}").status_code == 200  # the real origin works
+        page = browser.get(f"/tasks/{tid}", headers=host)
+        acted = None
+        if page.status_code == 200:
+            acted = browser.post(f"/tasks/{tid}/remove", data={"csrf": csrf_of(page.text)},
+                                 headers=host, follow_redirects=False)
+    # observed: 200 with the page (and its token), then 303: the task was removed
+    assert page.status_code in (400, 403, 421), (page.status_code, acted)
+    assert pgbg.get_task(tid).status == pgbg.TaskStatus.QUEUED
