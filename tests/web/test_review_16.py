@@ -286,3 +286,24 @@ def test_bulk_retry_skips_a_task_whose_unique_key_is_taken(app_client: Any,
     assert done.status_code == 200, done.text[-600:]
     assert "skipped" in done.text
     assert pgbg.get_task(failed).status == pgbg.TaskStatus.FAILED
+
+
+# -- CSRF ----------------------------------------------------------------------------------
+
+def test_two_dashboards_on_one_host_do_not_break_each_others_forms(
+        open_server: WebServer, start_server: Any, conn_web: Any) -> None:
+    """Cookies do not keep to a port: a read-only ``pgbg web`` on :8478 beside the one on
+    :8477 (or two SSH tunnels, or two mounts of ``create_app`` in one host app) share the
+    browser's ``pgbg_csrf`` cookie. Each finds the other's token unsigned by its own key and
+    replaces it, so a form of the first is refused once the second was opened."""
+    other = start_server("--read-only", password=None)
+    tid = queued_later(conn_web)
+    with httpx.Client(timeout=30) as browser:  # one cookie jar, as a browser has
+        page = browser.get(f"{open_server.url}/tasks/{tid}")
+        assert page.status_code == 200
+        assert browser.get(f"{other.url}/").status_code == 200  # another tab
+        removed = browser.post(f"{open_server.url}/tasks/{tid}/remove",
+                               data={"csrf": csrf_of(page.text)}, follow_redirects=False)
+    # observed: 403 "the form's security token is missing or wrong: reload the page"
+    assert removed.status_code == 303, removed.text[-400:]
+    assert pgbg.get_task(tid).status == pgbg.TaskStatus.CANCELLED
