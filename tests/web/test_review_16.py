@@ -332,3 +332,46 @@ def test_overview_counts_failed_tasks_still_exiting_with_the_finished_ones(
     # observed: 3 (the finished counts replace the live ones: the failed task whose process
     # still exits is dropped), while the cell's own link lists 4
     assert cells[statuses.index("failed")] == "4", dict(zip(statuses, cells, strict=True))
+
+
+# -- the browser -----------------------------------------------------------------------------
+
+def test_a_task_page_left_open_says_when_its_task_is_gone(open_server: WebServer,
+                                                          conn_web: Any) -> None:
+    """A queued task's page polls (its fragment, every 2 s). The task is then purged or
+    removed by someone else: the poll answers 404, which htmx neither swaps nor shows, so
+    the page claims "queued" forever and the console fills with errors."""
+    import shutil
+
+    chromium = os.environ.get("PGBG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("chromium not found")
+    from playwright.sync_api import sync_playwright
+
+    from web.test_browser import ARGS
+
+    tid = queued_later(conn_web)
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=ARGS,
+                                             headless=True)
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda exc: problems.append(f"pageerror: {exc}"))
+            page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
+                    if msg.type in ("error", "warning") else None)
+            page.goto(f"{open_server.url}/tasks/{tid}")
+            page.wait_for_selector("#task-status:has-text('queued')")
+            conn_web.execute("DELETE FROM pgbg.task WHERE id = %s", (tid,))
+            # observed: never; the page still says "queued", and
+            # "console error: Failed to load resource: ... 404 (Not Found)" every 2 s
+            try:
+                page.wait_for_selector(f"text=no task with id {tid}", timeout=20_000)
+                gone = True
+            except Exception:
+                gone = False
+            still = page.inner_text("#task-status") if page.query_selector("#task-status") else ""
+        finally:
+            browser.close()
+    assert gone, (still, problems[:3])
+    assert problems == []
