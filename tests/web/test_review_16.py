@@ -288,6 +288,27 @@ def test_bulk_retry_skips_a_task_whose_unique_key_is_taken(app_client: Any,
     assert pgbg.get_task(failed).status == pgbg.TaskStatus.FAILED
 
 
+def test_retry_of_a_failed_task_whose_process_still_exits_is_refused(app_client: Any,
+                                                                    conn_web: Any) -> None:
+    """``record_task_error_exit``: failed, its process still running (finished_at NULL).
+    The page offers no Retry; a POST that asks anyway must change nothing, or a second
+    child of the same task can start while the first still runs (invariant 1)."""
+    tid = uuid.uuid4()
+    conn_web.execute(
+        """INSERT INTO pgbg.task (id, task_type, func, status, queued_at, started_at,
+                                  attempt, error, pid, hostname)
+           VALUES (%s, 'review16-exiting', 'm:f', 'failed', now(), now(), 1, 'gave up',
+                   999999, 'elsewhere')""", (tid,))
+    page = app_client.get(f"/tasks/{tid}")
+    assert page.status_code == 200 and f"/tasks/{tid}/retry" not in page.text
+    token = app_client.cookies.get("pgbg_csrf")  # the form a page of a finished one has
+    retried = app_client.post(f"/tasks/{tid}/retry", data={"csrf": token},
+                              follow_redirects=False)
+    # observed: 303 "The task is queued again." while its process still runs
+    assert retried.status_code == 409, retried.headers.get("location")
+    assert pgbg.get_task(tid).status == pgbg.TaskStatus.FAILED
+
+
 # -- CSRF ----------------------------------------------------------------------------------
 
 def test_two_dashboards_on_one_host_do_not_break_each_others_forms(
