@@ -309,6 +309,21 @@ def test_retry_of_a_failed_task_whose_process_still_exits_is_refused(app_client:
     assert pgbg.get_task(tid).status == pgbg.TaskStatus.FAILED
 
 
+
+# -- the command line ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("level", ["bogus", "TRACE"])
+def test_a_bad_log_level_is_one_line_not_a_traceback(web_db: str, level: str) -> None:
+    env = {**os.environ, "PGBG_DATABASE_URL": web_db}
+    env.pop("PGBG_WEB_PASSWORD", None)
+    done = subprocess.run([sys.executable, "-m", "pgbg", "web", "--port", str(free_port()),
+                           "--log-level", level], env=env, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    # observed: a traceback ending "ValueError: Unknown level: 'BOGUS'" (setup_logging)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-800:]
+    assert done.stderr.strip().startswith("error:") and "log" in done.stderr.lower()
+
 # -- CSRF ----------------------------------------------------------------------------------
 
 def test_two_dashboards_on_one_host_do_not_break_each_others_forms(
