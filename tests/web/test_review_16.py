@@ -324,6 +324,69 @@ def test_a_bad_log_level_is_one_line_not_a_traceback(web_db: str, level: str) ->
     assert "Traceback" not in done.stderr, done.stderr[-800:]
     assert done.stderr.strip().startswith("error:") and "log" in done.stderr.lower()
 
+
+@pytest.fixture
+def second_db(server_url: str, template_url: str) -> Iterator[str]:
+    from urllib.parse import urlsplit
+
+    from conftest import with_database
+
+    name = f"pgbg_review16_second_{os.getpid()}"
+    template = urlsplit(template_url).path.lstrip("/")
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    yield with_database(server_url, name)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_two_embedded_dashboards_act_on_their_own_databases(web_db: str, second_db: str,
+                                                            conn_web: Any) -> None:
+    """A host app mounting one dashboard per database (production, staging): each page
+    reads its own database (its pool), but actions go through the process-wide
+    ``pgbg.configure`` that the last ``create_app(database_url=...)`` set."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    from pgbg.web import create_app
+
+    pgbg.configure(web_db)  # the host app's own queue
+    first = create_app(database_url=web_db, password=None)
+    second = create_app(database_url=second_db, password=None)
+    host = Starlette(routes=[Mount("/one", app=first), Mount("/two", app=second)])
+    tid = queued_later(conn_web)
+    try:
+        with TestClient(host, raise_server_exceptions=False) as client:
+            page = client.get(f"/one/tasks/{tid}")
+            assert page.status_code == 200  # read from web_db
+            removed = client.post(f"/one/tasks/{tid}/remove",
+                                  data={"csrf": client.cookies.get("pgbg_csrf")},
+                                  follow_redirects=False)
+        # observed: 404 "no task with id ..." (the action looked in second_db)
+        assert removed.status_code == 303, removed.text[-300:]
+        assert conn_web.execute("SELECT status::text FROM pgbg.task WHERE id = %s",
+                                (tid,)).fetchone() == ("cancelled",)
+    finally:
+        pgbg.configure(web_db)
+
+
+def test_create_app_leaves_the_host_apps_database_alone(web_db: str, second_db: str) -> None:
+    """``create_app(database_url=...)`` reconfigures the whole process: the host app's own
+    ``pgbg.enqueue`` now queues in the dashboard's database."""
+    from pgbg import db
+    from pgbg.web import create_app
+
+    pgbg.configure(web_db)
+    before = db.database_url()
+    try:
+        create_app(database_url=second_db, password=None)
+        # observed: the second database's URL
+        assert db.database_url() == before
+    finally:
+        pgbg.configure(web_db)
+
 # -- CSRF ----------------------------------------------------------------------------------
 
 def test_two_dashboards_on_one_host_do_not_break_each_others_forms(
