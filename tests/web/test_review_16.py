@@ -387,6 +387,29 @@ def test_create_app_leaves_the_host_apps_database_alone(web_db: str, second_db: 
     finally:
         pgbg.configure(web_db)
 
+
+def test_bulk_retry_queues_no_more_than_the_confirmation_said(app_client: Any,
+                                                               conn_web: Any) -> None:
+    """The confirmation page asks "Queue again 2 failed tasks matching ...?"; by the time
+    the button is pressed, 3 more have failed. Pressing it must not queue 5."""
+    kind = f"review16-bulk-{uuid.uuid4().hex[:6]}"
+    insert = """INSERT INTO pgbg.task (id, task_type, func, status, queued_at, started_at,
+                                       finished_at, attempt, error)
+                SELECT gen_random_uuid(), %s, 'm:f', 'failed', now(), now(), now(), 1, 'boom'
+                  FROM generate_series(1, %s)"""
+    conn_web.execute(insert, (kind, 2))
+    confirm = app_client.get("/tasks/retry", params={"type": kind})
+    assert re.search(r'id="retry-count">2<', confirm.text), confirm.text[-500:]
+    conn_web.execute(insert, (kind, 3))  # meanwhile
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"',
+                             confirm.text))
+    done = app_client.post("/tasks/retry", data=fields)
+    assert done.status_code == 200
+    queued = conn_web.execute("SELECT count(*) FROM pgbg.task WHERE task_type = %s "
+                              "AND status = 'queued'", (kind,)).fetchone()[0]
+    # observed: "5 tasks queued again" after the user agreed to 2
+    assert queued <= 2, re.sub(r"\s+", " ", re.sub("<[^>]+>", " ", done.text))[-200:]
+
 # -- CSRF ----------------------------------------------------------------------------------
 
 def test_two_dashboards_on_one_host_do_not_break_each_others_forms(
