@@ -76,10 +76,14 @@ def finished_counts(conn: psycopg.Connection[Any], window: float) -> dict[str, d
 
 def counts(live: dict[str, dict[str, int]], finished: dict[str, dict[str, int]],
            window: float) -> Counts:
+    """The live and the finished counts added up: a status can be in both (failed: those
+    still exiting are live, the others finished)."""
     merged: dict[str, dict[str, int]] = {}
     for part in (live, finished):
         for task_type, row in part.items():
-            merged.setdefault(task_type, {}).update(row)
+            into = merged.setdefault(task_type, {})
+            for status, n in row.items():
+                into[status] = into.get(status, 0) + n
     return Counts(dict(sorted(merged.items())), window)
 
 
@@ -252,12 +256,16 @@ def finished_tasks(conn: psycopg.Connection[Any], statuses: Sequence[str] | None
 
 
 def failed_ids(conn: psycopg.Connection[Any], task_type: str | None, since: float | None,
-               text: str | None, statuses: Sequence[str], limit: int) -> list[uuid.UUID]:
-    """The ids of the finished tasks a bulk retry would queue again (at most ``limit``)."""
-    rows = conn.execute(finished_page("id", statuses),
-                        finished_params(statuses, task_type, since, text, None, limit)
-                        ).fetchall()
-    return [row[0] for row in rows]
+               text: str | None, statuses: Sequence[str], limit: int,
+               among: Sequence[uuid.UUID] | None = None) -> list[uuid.UUID]:
+    """The ids of the finished tasks a bulk retry would queue again (at most ``limit``);
+    ``among``: only of these (the ones its confirmation counted)."""
+    query = finished_page("id", statuses)
+    params = finished_params(statuses, task_type, since, text, None, limit)
+    if among is not None:
+        query = query.replace(" ORDER BY", " AND id = ANY(%(among)s::uuid[]) ORDER BY")
+        params["among"] = list(among)
+    return [row[0] for row in conn.execute(query, params).fetchall()]
 
 
 def task_types(conn: psycopg.Connection[Any], limit: int = 200) -> list[str]:
