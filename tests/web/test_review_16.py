@@ -310,6 +310,45 @@ def test_retry_of_a_failed_task_whose_process_still_exits_is_refused(app_client:
 
 
 
+
+# -- hostile values --------------------------------------------------------------------------
+
+def hostile_row(conn: psycopg.Connection[Any], column: str, value: str) -> uuid.UUID:
+    tid = uuid.uuid4()
+    conn.execute(f"""INSERT INTO pgbg.task (id, task_type, func, status, queued_at, started_at,
+                                            finished_at, attempt, {column})
+                     VALUES (%s, 'review16-hostile', 'm:f', 'succeeded', now(), now(), now(),
+                             1, %s::jsonb)""", (tid, value))
+    return tid
+
+
+@pytest.mark.parametrize("column", ["args", "kwargs", "result"])
+def test_deeply_nested_json_is_shown_not_a_500(app_client: Any, conn_web: Any,
+                                               column: str) -> None:
+    """Valid JSON, 5,000 arrays deep (10 kB, under the 20 kB cut): PostgreSQL stores it;
+    Python's json.loads raises RecursionError, which Big.pretty does not catch."""
+    depth = 5000
+    inner = "[" * depth + "]" * depth
+    value = {"args": inner, "kwargs": '{"k": ' + inner + "}", "result": inner}[column]
+    tid = hostile_row(conn_web, column, value)
+    page = app_client.get(f"/tasks/{tid}")
+    # observed: 500 "an unexpected error" (RecursionError in data.Big.pretty)
+    assert page.status_code == 200, page.text[-300:]
+    assert "[[[[" in page.text
+
+
+def test_json_numbers_are_shown_as_stored(app_client: Any, conn_web: Any) -> None:
+    """jsonb keeps numbers exactly; the page re-parses them as floats."""
+    tid = hostile_row(conn_web, "result",
+                      '[0.10000000000000000000001, 123456789012345678901234567890.5]')
+    page = app_client.get(f"/tasks/{tid}")
+    assert page.status_code == 200
+    shown = re.search(r'<pre class="json" id="task-result">(.*?)</pre>', page.text, re.S)
+    assert shown
+    # observed: 0.1 and 1.2345678901234568e+29 (json.loads to float, then dumps)
+    for number in ("0.10000000000000000000001", "123456789012345678901234567890.5"):
+        assert number in shown[1], shown[1]
+
 # -- the command line ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("level", ["bogus", "TRACE"])
