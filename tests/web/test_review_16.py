@@ -449,6 +449,35 @@ def test_bulk_retry_queues_no_more_than_the_confirmation_said(app_client: Any,
     # observed: "5 tasks queued again" after the user agreed to 2
     assert queued <= 2, re.sub(r"\s+", " ", re.sub("<[^>]+>", " ", done.text))[-200:]
 
+
+def test_a_password_that_is_not_utf8_is_refused_at_start_not_a_500_per_request(
+        web_db: str) -> None:
+    """PGBG_WEB_PASSWORD set in a Latin-1 shell ("pässword" as bytes 0xE4): Python holds it
+    as a lone surrogate, and every request's compare then raises UnicodeEncodeError."""
+    server = WebServer(web_db, password="p\udce4ssword", wait=False)
+    try:
+        def settled() -> bool:
+            if server.proc.poll() is not None:
+                return True
+            try:
+                httpx.get(server.url + "/healthz", timeout=5)
+            except httpx.TransportError:
+                return False
+            return True
+
+        wait_for(settled, timeout=60, message="pgbg web to answer or exit")
+        if server.proc.poll() is None:
+            with server.client(auth=False) as client:
+                answer = client.get("/", auth=("admin", "anything"))
+            # observed: 500 Internal Server Error for every request but /healthz
+            assert answer.status_code == 401, answer.text[:200]
+        else:
+            server._reader.join(timeout=10)
+            log = "".join(server.log)
+            assert "Traceback" not in log and "PGBG_WEB_PASSWORD" in log, log[-800:]
+    finally:
+        server.stop()
+
 # -- CSRF ----------------------------------------------------------------------------------
 
 def test_two_dashboards_on_one_host_do_not_break_each_others_forms(
