@@ -310,6 +310,45 @@ def test_retry_of_a_failed_task_whose_process_still_exits_is_refused(app_client:
 
 
 
+
+# -- hostile values --------------------------------------------------------------------------
+
+def hostile_row(conn: psycopg.Connection[Any], column: str, value: str) -> uuid.UUID:
+    tid = uuid.uuid4()
+    conn.execute(f"""INSERT INTO pgbg.task (id, task_type, func, status, queued_at, started_at,
+                                            finished_at, attempt, {column})
+                     VALUES (%s, 'review16-hostile', 'm:f', 'succeeded', now(), now(), now(),
+                             1, %s::jsonb)""", (tid, value))
+    return tid
+
+
+@pytest.mark.parametrize("column", ["args", "kwargs", "result"])
+def test_deeply_nested_json_is_shown_not_a_500(app_client: Any, conn_web: Any,
+                                               column: str) -> None:
+    """Valid JSON, 5,000 arrays deep (10 kB, under the 20 kB cut): PostgreSQL stores it;
+    Python's json.loads raises RecursionError, which Big.pretty does not catch."""
+    depth = 5000
+    inner = "[" * depth + "]" * depth
+    value = {"args": inner, "kwargs": '{"k": ' + inner + "}", "result": inner}[column]
+    tid = hostile_row(conn_web, column, value)
+    page = app_client.get(f"/tasks/{tid}")
+    # observed: 500 "an unexpected error" (RecursionError in data.Big.pretty)
+    assert page.status_code == 200, page.text[-300:]
+    assert "[[[[" in page.text
+
+
+def test_json_numbers_are_shown_as_stored(app_client: Any, conn_web: Any) -> None:
+    """jsonb keeps numbers exactly; the page re-parses them as floats."""
+    tid = hostile_row(conn_web, "result",
+                      '[0.10000000000000000000001, 123456789012345678901234567890.5]')
+    page = app_client.get(f"/tasks/{tid}")
+    assert page.status_code == 200
+    shown = re.search(r'<pre class="json" id="task-result">(.*?)</pre>', page.text, re.S)
+    assert shown
+    # observed: 0.1 and 1.2345678901234568e+29 (json.loads to float, then dumps)
+    for number in ("0.10000000000000000000001", "123456789012345678901234567890.5"):
+        assert number in shown[1], shown[1]
+
 # -- the command line ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("level", ["bogus", "TRACE"])
@@ -409,6 +448,35 @@ def test_bulk_retry_queues_no_more_than_the_confirmation_said(app_client: Any,
                               "AND status = 'queued'", (kind,)).fetchone()[0]
     # observed: "5 tasks queued again" after the user agreed to 2
     assert queued <= 2, re.sub(r"\s+", " ", re.sub("<[^>]+>", " ", done.text))[-200:]
+
+
+def test_a_password_that_is_not_utf8_is_refused_at_start_not_a_500_per_request(
+        web_db: str) -> None:
+    """PGBG_WEB_PASSWORD set in a Latin-1 shell ("pässword" as bytes 0xE4): Python holds it
+    as a lone surrogate, and every request's compare then raises UnicodeEncodeError."""
+    server = WebServer(web_db, password="p\udce4ssword", wait=False)
+    try:
+        def settled() -> bool:
+            if server.proc.poll() is not None:
+                return True
+            try:
+                httpx.get(server.url + "/healthz", timeout=5)
+            except httpx.TransportError:
+                return False
+            return True
+
+        wait_for(settled, timeout=60, message="pgbg web to answer or exit")
+        if server.proc.poll() is None:
+            with server.client(auth=False) as client:
+                answer = client.get("/", auth=("admin", "anything"))
+            # observed: 500 Internal Server Error for every request but /healthz
+            assert answer.status_code == 401, answer.text[:200]
+        else:
+            server._reader.join(timeout=10)
+            log = "".join(server.log)
+            assert "Traceback" not in log and "PGBG_WEB_PASSWORD" in log, log[-800:]
+    finally:
+        server.stop()
 
 # -- CSRF ----------------------------------------------------------------------------------
 
