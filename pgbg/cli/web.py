@@ -50,6 +50,13 @@ def web(
         raise fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, "
                    f"not {log_level[:40]!r}")
     password = os.environ.get("PGBG_WEB_PASSWORD")
+    for name, value in (("PGBG_WEB_PASSWORD", password),
+                        ("PGBG_WEB_USER", os.environ.get("PGBG_WEB_USER"))):
+        try:
+            (value or "").encode("utf-8")
+        except UnicodeEncodeError:  # set from a shell of another encoding
+            raise fail(f"{name} is not valid UTF-8 (a browser sends UTF-8): set it again "
+                       "from a UTF-8 terminal") from None
     if not is_loopback(host) and not password:
         raise fail(f"refusing to listen on {host} without a password: set PGBG_WEB_PASSWORD "
                    "(or listen on 127.0.0.1)")

@@ -51,18 +51,23 @@ NO_STORE = (b"cache-control", b"no-store")  # pages: always fresh, never in a sh
 STATIC = (b"cache-control", b"private, max-age=3600")
 
 
-def credentials_match(header: str | None, user: str, password: str) -> bool:
-    """Whether an ``Authorization`` header carries ``user`` and ``password``."""
+def credentials_match(header: str | None, user: str | bytes, password: str | bytes) -> bool:
+    """Whether an ``Authorization`` header carries ``user`` and ``password``, compared as
+    bytes: a password set from a non-UTF-8 shell (held as lone surrogates) is its bytes."""
     if not header or not header[:6].lower() == "basic ":
         return False
     try:
-        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+        decoded = base64.b64decode(header[6:].strip(), validate=True)
+    except (binascii.Error, ValueError):
         return False
-    given_user, sep, given_password = decoded.partition(":")
-    user_ok = hmac.compare_digest(given_user.encode(), user.encode())
-    password_ok = hmac.compare_digest(given_password.encode(), password.encode())
+    given_user, sep, given_password = decoded.partition(b":")
+    user_ok = hmac.compare_digest(given_user, _bytes(user))
+    password_ok = hmac.compare_digest(given_password, _bytes(password))
     return bool(sep) and user_ok and password_ok
+
+
+def _bytes(text: str | bytes) -> bytes:
+    return text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
 
 
 class Csrf:

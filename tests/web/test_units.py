@@ -98,3 +98,20 @@ def test_the_csrf_cookie_is_found_beside_odd_cookies() -> None:
     scope = {"headers": [(b"cookie", b'other="unbalanced; x=[1,2]; pgbg_csrf=abc.def')]}
     assert _cookie(scope, "pgbg_csrf") == "abc.def"
     assert _cookie({"headers": []}, "pgbg_csrf") is None
+
+
+def test_indented_keeps_numbers_and_strings_and_gives_up_when_deep() -> None:
+    from pgbg.web.data import PRETTY_DEPTH, indented
+
+    assert indented('{"a": [1, 0.10000000000000000000001, {}], "b\\"": []}') == (
+        '{\n  "a": [\n    1,\n    0.10000000000000000000001,\n    {}\n  ],\n  "b\\"": []\n}')
+    deep = "[" * (PRETTY_DEPTH + 2) + "]" * (PRETTY_DEPTH + 2)  # [] innermost
+    assert indented(deep) == deep
+    assert indented("[1, 2") == "[1, 2"  # not JSON after all: as it is
+    assert indented('"a, b: [c]"') == '"a, b: [c]"'
+
+
+def test_a_password_held_as_surrogates_compares_as_its_bytes() -> None:
+    latin1 = "Basic " + base64.b64encode(b"u:p\xe4ss").decode()
+    assert credentials_match(latin1, "u", "p\udce4ss")
+    assert not credentials_match(basic("u", "anything"), "u", "p\udce4ss")
