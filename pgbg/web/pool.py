@@ -27,12 +27,14 @@ def _ended(conn: psycopg.Connection[Any]) -> bool:
     """Whether an idle connection's server already said goodbye: an idle session receives
     nothing unasked, so anything waiting on its socket (the FATAL a pg_terminate_backend,
     a restart or a failover sends, then end of file) means it is gone, or unsure. No
-    round trip: a select with no timeout."""
+    round trip: a poll with no timeout (poll, not select: a host app may hold more than
+    1,024 descriptors)."""
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError, psycopg.Error):
         return True
-    return bool(readable)
 
 
 class Pool:

@@ -115,3 +115,22 @@ def test_a_password_held_as_surrogates_compares_as_its_bytes() -> None:
     latin1 = "Basic " + base64.b64encode(b"u:p\xe4ss").decode()
     assert credentials_match(latin1, "u", "p\udce4ss")
     assert not credentials_match(basic("u", "anything"), "u", "p\udce4ss")
+
+
+def test_paths_hosts_and_the_cookie_name() -> None:
+    from pgbg.web.security import cookie_name, host_port, route_path
+
+    assert route_path({"path": "/admin/tasks/healthz", "root_path": "/admin/tasks"}) == \
+        "/healthz"
+    assert route_path({"path": "/admin/tasks", "root_path": "/admin/tasks"}) == "/"
+    assert route_path({"path": "/admin/tasksx", "root_path": "/admin/tasks"}) == \
+        "/admin/tasksx"
+    assert route_path({"path": "/healthz", "root_path": ""}) == "/healthz"
+    assert host_port("LocalHost:8477") == ("localhost", "8477")
+    assert host_port("[::1]:8477") == ("[::1]", "8477")
+    assert host_port("[::1]") == ("[::1]", None)
+    assert host_port("example.org") == ("example.org", None)
+    assert host_port(None) == ("", None)
+    assert cookie_name({"headers": [(b"host", b"127.0.0.1:8478")]}) == "pgbg_csrf_8478"
+    assert cookie_name({"headers": [(b"host", b"testserver")]}) == "pgbg_csrf"
+    assert cookie_name({"headers": []}) == "pgbg_csrf"
