@@ -441,7 +441,7 @@ def confirmed_ids(form: Any) -> list[uuid.UUID] | None:
     if len(parts) > MAX_BULK:
         raise BadRequest(f"ids holds more than {MAX_BULK} task ids")
     try:
-        return [uuid.UUID(part.strip()) for part in parts]
+        return list(dict.fromkeys(uuid.UUID(part.strip()) for part in parts))
     except ValueError:
         raise BadRequest("ids must be task ids (UUIDs) separated by commas, as the "
                          "confirmation page gives") from None
