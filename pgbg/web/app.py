@@ -69,6 +69,7 @@ def create_app(read_only: bool = False, user: str | None = None, password: str |
         poll_seconds = 10.0 if events else 2.0
     if database_url is not None:
         database_url = db.libpq_url(database_url)
+        db.connect_options(database_url, True, "pgbg web", None)  # unreadable: said now
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                             autoescape=select_autoescape(default=True, default_for_string=True),
                             trim_blocks=True, lstrip_blocks=True)

@@ -82,3 +82,31 @@ def test_the_poll_of_a_task_that_is_gone_gets_a_fragment_that_polls_no_more(
     assert poll.status_code == 200
     assert f"no task with id {tid}" in poll.text
     assert poll.text.startswith('<div id="live">') and "hx-get" not in poll.text
+
+
+def test_bulk_retry_takes_the_ids_of_a_full_confirmation_and_refuses_bad_ones(
+        guarded: Any, conn_web: Any) -> None:
+    tid = failed_row(conn_web, finished=True)
+    assert guarded.get("/tasks").status_code == 200
+    token = [guarded.cookies.get("pgbg_csrf_8477")]
+    assert token[0]
+    ids = [str(uuid.uuid4()) for _ in range(999)] + [str(tid)]  # as many as a form carries
+    done = guarded.post("/tasks/retry", data={"csrf": token[0], "type": "after16",
+                                              "ids": ",".join(ids)})
+    assert done.status_code == 200, done.text[-300:]
+    assert "1 task queued again" in done.text and "999 skipped" in done.text
+    assert pgbg.get_task(tid).status == pgbg.TaskStatus.QUEUED
+    again = failed_row(conn_web, finished=True)
+    for bad in (",".join([*ids, str(again)]), f"{again},nope"):
+        refused = guarded.post("/tasks/retry", data={"csrf": token[0], "type": "after16",
+                                                     "ids": bad})
+        assert refused.status_code == 400, refused.text[-300:]
+    assert pgbg.get_task(again).status == pgbg.TaskStatus.FAILED
+
+
+def test_create_app_refuses_an_unreadable_database_url_at_once_masked() -> None:
+    from pgbg.web import create_app
+
+    with pytest.raises(pgbg.ConfigurationError) as caught:
+        create_app(database_url="postgresql://u:s3cret@h/db?sslmode=nope&x", password=None)
+    assert "s3cret" not in str(caught.value)
