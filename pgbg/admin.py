@@ -7,6 +7,7 @@ can build its own admin pages on them.
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -86,19 +87,31 @@ def list_workers() -> list[WorkerInfo]:
 
 
 def retry_task(task: object) -> Result:
-    """Queue a failed, terminated or cancelled task again, as a new attempt of the same row."""
+    """Queue a failed, terminated or cancelled task again, as a new attempt of the same row.
+
+    ``InvalidTaskState`` while its process has not exited yet (a task that recorded its own
+    failure), or while another live task holds its unique_key."""
     tid = task_id(task)
     with db.shared_connection() as conn:
-        try:
-            previous = queries.task_requeue(conn, tid, "queued again by retry_task")
-        except psycopg.errors.CheckViolation as exc:  # only rows from before migration 0014
-            raise InvalidTaskState(f"task {tid} cannot be queued again: its num_of_task_type "
-                                   "is longer than 2048 bytes (migration 0014)") from exc
-    if previous is None:
+        return requeue(conn, tid)
+
+
+def requeue(conn: psycopg.Connection[Any], tid: uuid.UUID) -> Result:
+    """``retry_task`` on ``conn`` (an autocommit psycopg connection of the caller's)."""
+    try:
+        outcome = queries.task_requeue(conn, tid, "queued again by retry_task")
+    except psycopg.errors.CheckViolation as exc:  # only rows from before migration 0014
+        raise InvalidTaskState(f"task {tid} cannot be queued again: its num_of_task_type "
+                               "is longer than 2048 bytes (migration 0014)") from exc
+    if outcome is None:
         raise TaskNotFound(f"no task with id {tid}")
+    previous, why_not = outcome
     if previous not in (TaskStatus.FAILED, TaskStatus.TERMINATED, TaskStatus.CANCELLED):
         raise InvalidTaskState(f"task {tid} is {previous.value}; only failed, terminated or "
                                "cancelled tasks can be retried")
+    if why_not is not None:
+        raise InvalidTaskState(f"task {tid} ({previous.value}) cannot be queued again now: "
+                               f"{why_not}")
     return Result(tid)
 
 
@@ -145,7 +158,13 @@ def _expected_indexes() -> set[str]:
 def doctor(lease: float = 30.0, *, max_transaction_age: float = 300.0) -> list[Check]:
     """What degrades a PostgreSQL queue, each reading with a plain-language hint."""
     with db.shared_connection() as conn:
-        r = queries.doctor_readings(conn, lease)
+        return doctor_checks(conn, lease, max_transaction_age=max_transaction_age)
+
+
+def doctor_checks(conn: psycopg.Connection[Any], lease: float = 30.0, *,
+                  max_transaction_age: float = 300.0) -> list[Check]:
+    """``doctor`` on ``conn`` (an autocommit psycopg connection of the caller's)."""
+    r = queries.doctor_readings(conn, lease)
     dead, live = r["dead_tuples"] or 0, r["live_tuples"] or 0
     oldest = r["oldest_transaction"]
     missing = sorted(_expected_indexes() - set(r["indexes"] or []))

@@ -657,27 +657,47 @@ def worker_list(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 
 
 def task_requeue(conn: psycopg.Connection[Any], task_id: uuid.UUID,
-                 note: str) -> TaskStatus | None:
+                 note: str) -> tuple[TaskStatus, str | None] | None:
     """Queue a finished, unsuccessful task again as a new attempt; return the status it had
-    (None: no such task). Only failed, terminated and cancelled tasks are re-queued."""
+    and, when that status allows a retry but the task was not queued again, why (None: no
+    such task). Only failed, terminated and cancelled tasks are re-queued, and only once
+    their process has exited (``finished_at`` set: a failed task whose process still exits
+    holds its slot, and a second process of it must not start, invariant 1), and not while
+    another live task holds their unique_key."""
     with conn.transaction():
-        row = conn.execute("SELECT status::text FROM pgbg.task WHERE id = %s FOR UPDATE",
-                           (task_id,)).fetchone()
+        row = conn.execute(
+            """SELECT t.status::text, t.finished_at IS NULL, (
+                      SELECT o.id FROM pgbg.task o
+                       WHERE t.unique_key IS NOT NULL AND o.unique_key = t.unique_key
+                         AND o.id <> t.id AND (o.status = 'queued'
+                                               OR (o.status = 'running' AND o.unique_running))
+                       LIMIT 1)
+                 FROM pgbg.task t WHERE t.id = %s FOR UPDATE OF t""", (task_id,)).fetchone()
         if row is None:
             return None
         status = TaskStatus(row[0])
-        if status in (TaskStatus.FAILED, TaskStatus.TERMINATED, TaskStatus.CANCELLED):
-            conn.execute(
-                """UPDATE pgbg.task
-                      SET status = 'queued', queued_at = clock_timestamp(), started_at = NULL,
-                          finished_at = NULL, worker_id = NULL, hostname = NULL, pid = NULL,
-                          exit_code = NULL, signal = NULL, error = NULL, result = NULL,
-                          cancel_requested_at = NULL, cancel_requested_by = NULL,
-                          max_attempts = least(greatest(max_attempts, attempt + 1), 1000)
-                    WHERE id = %s""", (task_id,))
-            task_log_insert(conn, task_id, "info", note)
-            conn.execute("SELECT pg_notify(%s, '')", (notify.QUEUED,))
-    return status
+        if status not in (TaskStatus.FAILED, TaskStatus.TERMINATED, TaskStatus.CANCELLED):
+            return status, None
+        if row[1]:
+            return status, "its process has not exited yet"
+        if row[2] is not None:
+            return status, f"task {row[2]} holds its unique_key"
+        try:
+            with conn.transaction():
+                conn.execute(
+                    """UPDATE pgbg.task
+                          SET status = 'queued', queued_at = clock_timestamp(),
+                              started_at = NULL, finished_at = NULL, worker_id = NULL,
+                              hostname = NULL, pid = NULL, exit_code = NULL, signal = NULL,
+                              error = NULL, result = NULL, cancel_requested_at = NULL,
+                              cancel_requested_by = NULL,
+                              max_attempts = least(greatest(max_attempts, attempt + 1), 1000)
+                        WHERE id = %s""", (task_id,))
+        except psycopg.errors.UniqueViolation:  # a task with its key queued meanwhile
+            return status, "another task holds its unique_key"
+        task_log_insert(conn, task_id, "info", note)
+        conn.execute("SELECT pg_notify(%s, '')", (notify.QUEUED,))
+    return status, None
 
 
 def task_purge_batch(conn: psycopg.Connection[Any], older_than: float,

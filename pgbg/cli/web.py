@@ -11,6 +11,11 @@ import typer
 
 from pgbg.cli.common import app, command, fail
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Without a password the Host header is all the dashboard can check: it must name this
+# machine, so a page of another name that a DNS rebinding points at 127.0.0.1 is refused.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
 
 def is_loopback(host: str) -> bool:
     """Whether binding ``host`` reaches this machine only."""
@@ -41,7 +46,17 @@ def web(
 
     Example: PGBG_WEB_PASSWORD=s3cret pgbg web --host 0.0.0.0 --port 8477
     """
+    if log_level.lower() not in LOG_LEVELS:
+        raise fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, "
+                   f"not {log_level[:40]!r}")
     password = os.environ.get("PGBG_WEB_PASSWORD")
+    for name, value in (("PGBG_WEB_PASSWORD", password),
+                        ("PGBG_WEB_USER", os.environ.get("PGBG_WEB_USER"))):
+        try:
+            (value or "").encode("utf-8")
+        except UnicodeEncodeError:  # set from a shell of another encoding
+            raise fail(f"{name} is not valid UTF-8 (a browser sends UTF-8): set it again "
+                       "from a UTF-8 terminal") from None
     if not is_loopback(host) and not password:
         raise fail(f"refusing to listen on {host} without a password: set PGBG_WEB_PASSWORD "
                    "(or listen on 127.0.0.1)")
@@ -59,7 +74,8 @@ def web(
     except ImportError as exc:
         raise fail(f"the dashboard needs the web extra: pip install 'pgbg[web]' ({exc})"
                    ) from None
-    application = create_app(read_only=read_only, password=password or None)
+    application = create_app(read_only=read_only, password=password or None,
+                             allowed_hosts=None if password else LOOPBACK_NAMES)
     from pgbg.cli.common import setup_logging
 
     setup_logging(log_level)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,8 @@ HERE = Path(__file__).parent
 def create_app(read_only: bool = False, user: str | None = None, password: str | None = None,
                *, database_url: str | None = None, secret: bytes | None = None,
                lease: float = 30.0, poll_seconds: float | None = None,
-               events: bool | None = None, secure_cookie: bool = False) -> Any:
+               events: bool | None = None, secure_cookie: bool = False,
+               allowed_hosts: Collection[str] | None = None) -> Any:
     """The dashboard. ``user``/``password``: HTTP Basic on every path but ``/healthz``
     (default: ``PGBG_WEB_USER``, or ``pgbg``, and ``PGBG_WEB_PASSWORD``; no password, no
     authentication). ``read_only``: no actions (every POST is refused with 403).
@@ -53,7 +54,12 @@ def create_app(read_only: bool = False, user: str | None = None, password: str |
     worker counts as lapsed. ``events``: serve ``/events`` (server-sent events fed by
     LISTEN; default: ``db.listen_enabled()``), pages then refresh on each change and poll
     every ``poll_seconds`` besides (default 10 s; 2 s without events). A running task's
-    page polls every 2 s (its log lines send no notification)."""
+    page polls every 2 s (its log lines send no notification). ``database_url``: the
+    database this dashboard shows and acts on, through its own connections (the process's
+    ``pgbg.configure`` is left alone: a host app's queue, or a second dashboard, stays
+    where it is); default: pgbg's (``PGBG_DATABASE_URL``, ...). ``allowed_hosts``: the
+    names the Host header may give (default: any). Mounted in a host app (a ``Mount``,
+    whose lifespan Starlette does not run), it starts what ``/events`` needs on first use."""
     user = user if user is not None else os.environ.get("PGBG_WEB_USER") or "pgbg"
     password = password if password is not None else os.environ.get("PGBG_WEB_PASSWORD")
     env_secret = os.environ.get("PGBG_WEB_SECRET")
@@ -63,7 +69,8 @@ def create_app(read_only: bool = False, user: str | None = None, password: str |
     if poll_seconds is None:
         poll_seconds = 10.0 if events else 2.0
     if database_url is not None:
-        db.configure(database_url)
+        database_url = db.libpq_url(database_url)
+        db.connect_options(database_url, True, "pgbg web", None)  # unreadable: said now
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                             autoescape=select_autoescape(default=True, default_for_string=True),
                             trim_blocks=True, lstrip_blocks=True)
@@ -78,6 +85,7 @@ def create_app(read_only: bool = False, user: str | None = None, password: str |
     async def event_stream(request: Request) -> Response:
         if broadcaster is None:
             return site.error(request, 404, "no live events in poll-only mode: pages poll")
+        broadcaster.ensure_started()  # mounted, the lifespan never ran
         return StreamingResponse(broadcaster.stream(), media_type="text/event-stream",
                                  headers={"x-accel-buffering": "no"})
 
@@ -127,8 +135,9 @@ def create_app(read_only: bool = False, user: str | None = None, password: str |
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if broadcaster is not None:
-            broadcaster.start()
-        # the overview's day, read ahead: no request waits for 23 hours of history
+            broadcaster.ensure_started()
+        # the overview's day, read ahead (served alone: a mounted app's lifespan never
+        # runs, and its first overview reads it): no request waits for 23 hours of history
         threading.Thread(target=site.warm, name="pgbg-web-warm", daemon=True).start()
         yield
         if broadcaster is not None:
@@ -141,7 +150,8 @@ def create_app(read_only: bool = False, user: str | None = None, password: str |
         return site.error(request, 405, "this address does not take that method")
 
     app.add_exception_handler(405, method_not_allowed)
-    guarded = Guard(app, user=user, password=password, csrf=csrf, secure_cookie=secure_cookie)
+    guarded = Guard(app, user=user, password=password, csrf=csrf, secure_cookie=secure_cookie,
+                    allowed_hosts=allowed_hosts)
     return guarded
 
 

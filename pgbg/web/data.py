@@ -8,7 +8,6 @@ index predicate, so the planner can use it), finished tasks through
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,10 +75,14 @@ def finished_counts(conn: psycopg.Connection[Any], window: float) -> dict[str, d
 
 def counts(live: dict[str, dict[str, int]], finished: dict[str, dict[str, int]],
            window: float) -> Counts:
+    """The live and the finished counts added up: a status can be in both (failed: those
+    still exiting are live, the others finished)."""
     merged: dict[str, dict[str, int]] = {}
     for part in (live, finished):
         for task_type, row in part.items():
-            merged.setdefault(task_type, {}).update(row)
+            into = merged.setdefault(task_type, {})
+            for status, n in row.items():
+                into[status] = into.get(status, 0) + n
     return Counts(dict(sorted(merged.items())), window)
 
 
@@ -285,12 +288,16 @@ def finished_tasks(conn: psycopg.Connection[Any], statuses: Sequence[str] | None
 
 
 def failed_ids(conn: psycopg.Connection[Any], task_type: str | None, since: float | None,
-               text: str | None, statuses: Sequence[str], limit: int) -> list[uuid.UUID]:
-    """The ids of the finished tasks a bulk retry would queue again (at most ``limit``)."""
-    rows = conn.execute(finished_page("id", statuses),
-                        finished_params(statuses, task_type, since, text, None, limit)
-                        ).fetchall()
-    return [row[0] for row in rows]
+               text: str | None, statuses: Sequence[str], limit: int,
+               among: Sequence[uuid.UUID] | None = None) -> list[uuid.UUID]:
+    """The ids of the finished tasks a bulk retry would queue again (at most ``limit``);
+    ``among``: only of these (the ones its confirmation counted)."""
+    query = finished_page("id", statuses)
+    params = finished_params(statuses, task_type, since, text, None, limit)
+    if among is not None:
+        query = query.replace(" ORDER BY", " AND id = ANY(%(among)s::uuid[]) ORDER BY")
+        params["among"] = list(among)
+    return [row[0] for row in conn.execute(query, params).fetchall()]
 
 
 def task_types(conn: psycopg.Connection[Any], limit: int = 200) -> list[str]:
@@ -328,6 +335,7 @@ class Big:
 
     text: str | None
     length: int  # characters of the whole text
+    is_json: bool = False  # the text of a jsonb column (PostgreSQL's output, valid JSON)
 
     @property
     def cut(self) -> bool:
@@ -335,18 +343,68 @@ class Big:
 
     def pretty(self) -> str | None:
         """Indented JSON when the whole value came; else the cut text as it is."""
-        if self.text is None or self.cut:
+        if self.text is None or self.cut or not self.is_json:
             return self.text
-        try:
-            return json.dumps(json.loads(self.text), indent=2, ensure_ascii=False)
-        except ValueError:
-            return self.text
+        return indented(self.text)
+
+
+PRETTY_DEPTH = 32  # deeper than this, JSON is shown as stored (indenting would explode it)
+
+
+def indented(text: str, step: int = 2) -> str:
+    """JSON text indented, every token as it is: numbers keep every digit (no round trip
+    through float), and no recursion (a value thousands of levels deep is fine). Deeper
+    than ``PRETTY_DEPTH``, or not JSON after all: the text unchanged."""
+    out: list[str] = []
+    depth = 0
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':  # a string, copied whole (escapes included)
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i:j + 1])
+            i = j + 1
+            continue
+        if ch in "[{":
+            close = "]" if ch == "[" else "}"
+            k = i + 1
+            while k < n and text[k] in " \t\r\n":
+                k += 1
+            if k < n and text[k] == close:  # empty: [] or {}
+                out.append(ch + close)
+                i = k + 1
+                continue
+            depth += 1
+            if depth > PRETTY_DEPTH:
+                return text
+            out.append(ch + "\n" + " " * (depth * step))
+        elif ch in "]}":
+            depth -= 1
+            if depth < 0:
+                return text
+            out.append("\n" + " " * (depth * step) + ch)
+        elif ch == ",":
+            out.append(",\n" + " " * (depth * step))
+        elif ch == ":":
+            out.append(": ")
+        elif ch not in " \t\r\n":
+            j = i
+            while j < n and text[j] not in ' \t\r\n,:[]{}"':
+                j += 1
+            out.append(text[i:j])
+            i = j
+            continue
+        i += 1
+    return "".join(out) if depth == 0 else text
 
 
 BIG_LIMIT = 20_000
 ERROR_LIMIT = 50_000
 _BIG = {"args": BIG_LIMIT, "kwargs": BIG_LIMIT, "result": BIG_LIMIT, "error": ERROR_LIMIT,
         "info": 4_000}
+_JSON = ("args", "kwargs", "result")  # the jsonb ones
 
 
 @dataclass(frozen=True)
@@ -368,7 +426,8 @@ def task(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> TaskView | None:
         return None
     rest = {**row[0], "args": [], "kwargs": {}, "result": None, "error": None, "info": None}
     value, problem = BackgroundTask.from_wire_lenient(rest)
-    values = {c: Big(row[1 + 2 * i], int(row[2 + 2 * i] or 0)) for i, c in enumerate(_BIG)}
+    values = {c: Big(row[1 + 2 * i], int(row[2 + 2 * i] or 0), c in _JSON)
+              for i, c in enumerate(_BIG)}
     return TaskView(value, values, problem)
 
 

@@ -37,10 +37,14 @@ class Broadcaster:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._listen, name="pgbg web listen",
-                                        daemon=True)
-        self._thread.start()
+    def ensure_started(self) -> None:
+        """Start the LISTEN thread unless it runs (or ran: a stopped one stays stopped)."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._listen, name="pgbg web listen",
+                                            daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()

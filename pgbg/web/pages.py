@@ -22,8 +22,7 @@ from jinja2 import Environment
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-import pgbg
-from pgbg import admin, db
+from pgbg import admin, api, db, queries
 from pgbg.exceptions import (
     DatabaseUnavailable,
     InvalidOption,
@@ -35,7 +34,7 @@ from pgbg.exceptions import (
 from pgbg.models import TaskStatus
 from pgbg.web import charts, data, metrics, rollup
 from pgbg.web.pool import Pool
-from pgbg.web.security import CSRF_COOKIE, CSRF_FIELD, Csrf
+from pgbg.web.security import CSRF_FIELD, Csrf, route_path
 
 PAGE_SIZE = 50
 MAX_PAGE = 500
@@ -175,14 +174,15 @@ class Site:
         name = values["fragment"] if fragment else template
         body = self.templates.get_template(name).render(
             request=request, settings=self.settings, csrf=request.state.csrf,
-            csrf_field=CSRF_FIELD, path=request.url.path, **values)
+            csrf_field=CSRF_FIELD, path=route_path(request.scope), base=base(request),
+            **values)
         return HTMLResponse(body, status_code=status)
 
     def error(self, request: Request, status: int, message: str) -> Response:
         titles = {400: "Bad request", 403: "Forbidden", 404: "Not found",
                   405: "Method not allowed", 409: "Not possible now",
                   503: "Database unavailable", 500: "Server error"}
-        if request.url.path == "/metrics" and status == 503:
+        if route_path(request.scope) == "/metrics" and status == 503:
             return Response(metrics.render_down(), 503, media_type=metrics.CONTENT_TYPE)
         if not hasattr(request.state, "csrf"):  # outside the guard (never, but be safe)
             request.state.csrf = ""
@@ -200,11 +200,8 @@ class Site:
     # -- pages ---------------------------------------------------------------------------
 
     def overview(self, request: Request) -> Response:
-        try:
-            checks = admin.doctor(self.settings.lease)
-        except DatabaseUnavailable:  # the process's cached connection died (a restart):
-            checks = admin.doctor(self.settings.lease)  # once more, on a fresh one
         with self.pool.connection() as conn:
+            checks = admin.doctor_checks(conn, self.settings.lease)
             live = data.live_counts(conn)
             hour = data.series(conn, 3600, 60)
             failures = data.recent_failures(conn, 10)
@@ -271,7 +268,15 @@ class Site:
     def task(self, request: Request) -> Response:
         tid = parse_task_id(request.path_params["task_id"])
         done = request.query_params.get("done")
-        return self.task_page(request, tid, DONE_MESSAGES.get(done or ""), None, 200)
+        try:
+            return self.task_page(request, tid, DONE_MESSAGES.get(done or ""), None, 200)
+        except TaskNotFound as exc:
+            if request.headers.get("hx-request") != "true":
+                raise
+            # the poll of a page whose task was purged or deleted meanwhile: htmx swaps
+            # neither a 404 nor anything it logs, so the fragment that says so (and polls
+            # no more) comes as a 200
+            return self.page(request, "_gone.html", message=str(exc))
 
     def task_page(self, request: Request, tid: uuid.UUID, notice: str | None,
                   problem: str | None, status: int) -> HTMLResponse:
@@ -338,7 +343,7 @@ class Site:
         except Exception:
             raise BadRequest("the form could not be read") from None
         token = form.get(CSRF_FIELD)
-        if not self.csrf.accepts(request.cookies.get(CSRF_COOKIE),
+        if not self.csrf.accepts(getattr(request.state, "csrf_cookie", None),
                                  token if isinstance(token, str) else None):
             raise _Forbidden("the form's security token is missing or wrong: reload the page "
                              "and try again")
@@ -361,18 +366,22 @@ class Site:
             raise
         except InvalidTaskState as exc:
             return await run_in_threadpool(self._refused, request, tid, str(exc))
-        return RedirectResponse(f"/tasks/{tid}?done={name}", status_code=303)
+        return RedirectResponse(f"{base(request)}/tasks/{tid}?done={name}", status_code=303)
 
     def _act(self, name: str, tid: uuid.UUID) -> None:
-        if name == "terminate":
-            before = pgbg.get_task(tid)
-            if before.status.is_terminal:
-                raise InvalidTaskState(f"task {tid} already finished ({before.status.value})")
-            pgbg.terminate_background(tid, wait=False)
-        elif name == "retry":
-            admin.retry_task(tid)
-        else:
-            pgbg.remove_task_from_queue(tid)
+        """The library's action, on this dashboard's own connection (its database, whatever
+        the process's ``pgbg.configure`` says)."""
+        with self.pool.connection() as conn, api.database_errors():
+            if name == "terminate":
+                before = queries.run(conn, api.get_task_operation(tid))
+                if before.status.is_terminal:
+                    raise InvalidTaskState(f"task {tid} already finished "
+                                           f"({before.status.value})")
+                queries.run(conn, api.terminate_operation(tid, api.requester()))
+            elif name == "retry":
+                admin.requeue(conn, tid)
+            else:
+                queries.run(conn, api.remove_operation(tid))
 
     def _refused(self, request: Request, tid: uuid.UUID, message: str) -> Response:
         return self.task_page(request, tid, None, db.mask_url(message), 409)
@@ -387,8 +396,11 @@ class Site:
         with self.pool.connection() as conn:
             ids = data.failed_ids(conn, f.task_type, f.since, f.text, f.retry_statuses,
                                   MAX_BULK + 1)
+        # the form carries the ids counted: pressing the button queues these, never what
+        # failed since (matching the filter still, and each as retry_task allows)
         return self.page(request, "retry.html", f=f, count=min(len(ids), MAX_BULK),
-                         more=len(ids) > MAX_BULK, max_bulk=MAX_BULK, done=None)
+                         more=len(ids) > MAX_BULK, max_bulk=MAX_BULK, done=None,
+                         ids=",".join(str(tid) for tid in ids[:MAX_BULK]))
 
     async def bulk_retry(self, request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool
@@ -400,22 +412,56 @@ class Site:
         f = filters(form)
         if not f.retry_statuses:
             raise BadRequest("this filter matches no failed, terminated or cancelled tasks")
-        queued, skipped = await run_in_threadpool(self._retry_all, f)
+        among = confirmed_ids(form)
+        queued, skipped, why = await run_in_threadpool(self._retry_all, f, among)
         return self.page(request, "retry.html", f=f, count=queued, more=False,
-                         max_bulk=MAX_BULK, done={"queued": queued, "skipped": skipped})
+                         max_bulk=MAX_BULK, done={"queued": queued, "skipped": skipped,
+                                                  "why": why}, ids="")
 
-    def _retry_all(self, f: Filters) -> tuple[int, int]:
+    def _retry_all(self, f: Filters,
+                   among: list[uuid.UUID] | None) -> tuple[int, int, str | None]:
+        """Queue again what the filter matches, of ``among`` (the confirmation's ids) when
+        given; (queued, skipped, why the first skipped one was)."""
+        queued = skipped = 0
+        why: str | None = None
         with self.pool.connection() as conn:
             ids = data.failed_ids(conn, f.task_type, f.since, f.text, f.retry_statuses,
-                                  MAX_BULK)
-        queued = skipped = 0
-        for tid in ids:
-            try:
-                admin.retry_task(tid)
-                queued += 1
-            except (InvalidTaskState, TaskNotFound):  # changed meanwhile
-                skipped += 1
-        return queued, skipped
+                                  MAX_BULK, among)
+            if among is not None and len(ids) < len(among):
+                skipped = len(among) - len(ids)
+                why = "no longer matching the filter"
+            for tid in ids:
+                try:
+                    admin.requeue(conn, tid)
+                    queued += 1
+                except (InvalidTaskState, TaskNotFound) as exc:  # changed meanwhile
+                    skipped += 1
+                    why = why or str(exc)
+        return queued, skipped, why
+
+
+def confirmed_ids(form: Any) -> list[uuid.UUID] | None:
+    """The ``ids`` field of a bulk retry's confirmation: the tasks it counted (None: a form
+    without it, as a script posts: what the filter matches now)."""
+    values = form.getlist("ids")
+    if not values:
+        return None
+    if len(values) > 1 or not isinstance(values[0], str):
+        raise BadRequest("ids is given more than once")
+    parts = [part for part in values[0].split(",") if part.strip()]
+    if len(parts) > MAX_BULK:
+        raise BadRequest(f"ids holds more than {MAX_BULK} task ids")
+    try:
+        return list(dict.fromkeys(uuid.UUID(part.strip()) for part in parts))
+    except ValueError:
+        raise BadRequest("ids must be task ids (UUIDs) separated by commas, as the "
+                         "confirmation page gives") from None
+
+
+def base(request: Request) -> str:
+    """Where the app is mounted (``root_path``; "" at the root): every link, form and
+    redirect starts with it."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 class Every(Generic[T]):

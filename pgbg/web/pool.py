@@ -8,6 +8,7 @@ a transaction-pooling PgBouncer.
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +21,20 @@ from pgbg import db
 from pgbg.exceptions import DatabaseUnavailable, SchemaMissing
 
 PING_AFTER = 5.0  # seconds idle after which a connection is checked before use
+
+
+def _ended(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection's server already said goodbye: an idle session receives
+    nothing unasked, so anything waiting on its socket (the FATAL a pg_terminate_backend,
+    a restart or a failover sends, then end of file) means it is gone, or unsure. No
+    round trip: a poll with no timeout (poll, not select: a host app may hold more than
+    1,024 descriptors)."""
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.Error):
+        return True
 
 
 class Pool:
@@ -48,7 +63,9 @@ class Pool:
     def _checked_out(self) -> Iterator[psycopg.Connection[Any]]:
         with self._lock:
             since, conn = self._idle.pop() if self._idle else (0.0, None)
-        if conn is not None and time.monotonic() - since > PING_AFTER:
+        if conn is not None and not conn.closed and _ended(conn):
+            conn.close()  # ended while idle (a restart, pg_terminate_backend): a fresh one
+        elif conn is not None and time.monotonic() - since > PING_AFTER:
             try:  # the server may have restarted meanwhile: one round trip, not a 503
                 conn.execute("SELECT 1")
             except psycopg.Error:

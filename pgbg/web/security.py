@@ -7,7 +7,14 @@ constant time, always both, so neither a wrong user nor a wrong password answers
 CSRF: a signed double-submit token. The cookie ``pgbg_csrf`` holds ``nonce.signature``
 (HMAC-SHA256 of the nonce under the app's secret); every form that POSTs carries the same
 value in a hidden field. A POST is accepted only when the field equals the cookie and the
-signature is the app's: another site can neither read the cookie nor forge one.
+signature is the app's: another site can neither read the cookie nor forge one. Cookies do
+not keep to a port, so the cookie of a dashboard reached on an explicit port is named
+``pgbg_csrf_<port>``, and its path is the app's mount point: two dashboards on one host
+(two ports, two mounts) each keep their own instead of replacing the other's.
+
+Paths are judged as the app's routes see them (without the mount's ``root_path``).
+``allowed_hosts``: the Host header must name one of them (``pgbg web`` without a password
+on loopback allows only loopback names, so a DNS-rebound page cannot reach it).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import binascii
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Any
 
 from starlette.requests import cookie_parser
@@ -44,18 +51,23 @@ NO_STORE = (b"cache-control", b"no-store")  # pages: always fresh, never in a sh
 STATIC = (b"cache-control", b"private, max-age=3600")
 
 
-def credentials_match(header: str | None, user: str, password: str) -> bool:
-    """Whether an ``Authorization`` header carries ``user`` and ``password``."""
+def credentials_match(header: str | None, user: str | bytes, password: str | bytes) -> bool:
+    """Whether an ``Authorization`` header carries ``user`` and ``password``, compared as
+    bytes: a password set from a non-UTF-8 shell (held as lone surrogates) is its bytes."""
     if not header or not header[:6].lower() == "basic ":
         return False
     try:
-        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+        decoded = base64.b64decode(header[6:].strip(), validate=True)
+    except (binascii.Error, ValueError):
         return False
-    given_user, sep, given_password = decoded.partition(":")
-    user_ok = hmac.compare_digest(given_user.encode(), user.encode())
-    password_ok = hmac.compare_digest(given_password.encode(), password.encode())
+    given_user, sep, given_password = decoded.partition(b":")
+    user_ok = hmac.compare_digest(given_user, _bytes(user))
+    password_ok = hmac.compare_digest(given_password, _bytes(password))
     return bool(sep) and user_ok and password_ok
+
+
+def _bytes(text: str | bytes) -> bytes:
+    return text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
 
 
 class Csrf:
@@ -85,12 +97,49 @@ class Csrf:
 def _cookie(scope: Scope, name: str) -> str | None:
     """The cookie as the endpoints read it (Starlette's lenient parser: another
     application's odd cookie on the same host hides nothing)."""
+    found = _cookies(scope, name)
+    return found[0] if found else None
+
+
+def _cookies(scope: Scope, name: str) -> list[str]:
+    """Every value the request carries for cookie ``name`` (a browser sends one per path
+    that matches, the most specific first)."""
+    values: list[str] = []
     for key, value in scope.get("headers", []):
         if key == b"cookie":
-            found = cookie_parser(value.decode("latin-1")).get(name)
-            if found is not None:
-                return found
-    return None
+            for part in value.decode("latin-1").split(";"):
+                found = cookie_parser(part).get(name)
+                if found is not None:
+                    values.append(found)
+    return values
+
+
+def route_path(scope: Scope) -> str:
+    """The path as the app's routes see it: without the mount point (``root_path``)."""
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root):] or "/"
+    return path
+
+
+def host_port(host: str | None) -> tuple[str, str | None]:
+    """A Host header's name (lowercase, brackets kept for IPv6) and port, if it has one."""
+    host = (host or "").strip().lower()
+    if host.startswith("["):
+        name, _, rest = host.partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+        return name + "]", port or None
+    name, sep, port = host.rpartition(":")
+    if not sep:
+        return host, None
+    return name, port or None
+
+
+def cookie_name(scope: Scope) -> str:
+    """``pgbg_csrf``, or ``pgbg_csrf_<port>`` when the browser reaches the app on an
+    explicit port (the browser keeps one cookie jar for every port of a host)."""
+    _name, port = host_port(_header(scope, b"host"))
+    return f"{CSRF_COOKIE}_{port}" if port and port.isdigit() else CSRF_COOKIE
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -105,15 +154,25 @@ class Guard:
     token forms must carry) and the security headers on every response."""
 
     def __init__(self, app: ASGIApp, *, user: str, password: str | None, csrf: Csrf,
-                 secure_cookie: bool = False) -> None:
+                 secure_cookie: bool = False,
+                 allowed_hosts: Collection[str] | None = None) -> None:
         self.app, self.user, self.password, self.csrf = app, user, password, csrf
         self.secure_cookie = secure_cookie
+        self.allowed_hosts = ({h.lower() for h in allowed_hosts} if allowed_hosts is not None
+                              else None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if (self.password and scope["path"] not in OPEN_PATHS
+        path = route_path(scope)
+        if (self.allowed_hosts is not None
+                and host_port(_header(scope, b"host"))[0] not in self.allowed_hosts):
+            await self._refuse(send, 400, b"this dashboard answers only to the names of "
+                               b"this machine (localhost, 127.0.0.1, [::1]): the Host header "
+                               b"names another\n")
+            return
+        if (self.password and path not in OPEN_PATHS
                 and not credentials_match(_header(scope, b"authorization"), self.user,
                                           self.password)):
             await self._refuse(send)
@@ -133,23 +192,25 @@ class Guard:
                     return {"type": "http.disconnect"}
             return message
 
-        cookie = _cookie(scope, CSRF_COOKIE)
-        fresh = not self.csrf.valid(cookie)
-        token = self.csrf.new_token() if fresh else cookie
+        name = cookie_name(scope)
+        cookie = next((c for c in _cookies(scope, name) if self.csrf.valid(c)), None)
+        fresh = cookie is None
+        token = self.csrf.new_token() if cookie is None else cookie
         state = scope.setdefault("state", {})
         state["csrf"] = token
-        state["csrf_cookie"] = None if fresh else cookie
+        state["csrf_cookie"] = cookie  # the request's own valid cookie, if it has one
+        cookie_path = str(scope.get("root_path", "")) or "/"
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.extend(HEADERS)
-                headers.append(STATIC if scope["path"].startswith("/static/") else NO_STORE)
+                headers.append(STATIC if path.startswith("/static/") else NO_STORE)
                 if fresh:
                     flags = "; Secure" if self.secure_cookie else ""
                     headers.append((b"set-cookie", (
-                        f"{CSRF_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{flags}"
-                    ).encode()))
+                        f"{name}={token}; Path={cookie_path}; HttpOnly; SameSite=Strict"
+                        f"{flags}").encode()))
                 message["headers"] = headers
             await send(message)
 

@@ -30,7 +30,7 @@ def test_read_only_shows_no_buttons_and_refuses_posts(start_server: Any) -> None
         assert "/tasks/retry" not in tasks.text
         assert client.get("/tasks/retry", params={"status": "failed"}).status_code == 403
         # even with a valid token, nothing is done
-        token = client.cookies.get("pgbg_csrf")
+        token = client.cookies.get(f"pgbg_csrf_{server.port}")  # named per port
         assert token
         for path in (f"/tasks/{queued.id}/remove", f"/tasks/{queued.id}/terminate",
                      "/tasks/retry"):
@@ -86,7 +86,7 @@ def test_database_down(start_server: Any) -> None:
             metrics = client.get("/metrics")
             assert metrics.status_code == 503
             assert re.search(r"^pgbg_up 0$", metrics.text, re.M)
-            token = client.cookies.get("pgbg_csrf")
+            token = client.cookies.get(f"pgbg_csrf_{server.port}")
             action = client.post(f"/tasks/{uuid.uuid4()}/terminate", data={"csrf": token})
             assert action.status_code == 503
             assert "db-s3cret" not in action.text

@@ -221,7 +221,7 @@ def test_post_without_or_with_a_wrong_csrf_token_is_403(client: httpx.Client,
         # a token, but another visitor's cookie (or none): refused
         assert fresh.post(path, data={"csrf": token}).status_code == 403
         forged = token.split(".")[0] + "." + "0" * 64
-        fresh.cookies.set("pgbg_csrf", forged)
+        fresh.cookies.set(f"pgbg_csrf_{client.base_url.port}", forged)
         assert fresh.post(path, data={"csrf": forged}).status_code == 403
     assert pgbg.get_task(result).status == pgbg.TaskStatus.QUEUED
     response = client.post(path, data={"csrf": token})

@@ -98,3 +98,39 @@ def test_the_csrf_cookie_is_found_beside_odd_cookies() -> None:
     scope = {"headers": [(b"cookie", b'other="unbalanced; x=[1,2]; pgbg_csrf=abc.def')]}
     assert _cookie(scope, "pgbg_csrf") == "abc.def"
     assert _cookie({"headers": []}, "pgbg_csrf") is None
+
+
+def test_indented_keeps_numbers_and_strings_and_gives_up_when_deep() -> None:
+    from pgbg.web.data import PRETTY_DEPTH, indented
+
+    assert indented('{"a": [1, 0.10000000000000000000001, {}], "b\\"": []}') == (
+        '{\n  "a": [\n    1,\n    0.10000000000000000000001,\n    {}\n  ],\n  "b\\"": []\n}')
+    deep = "[" * (PRETTY_DEPTH + 2) + "]" * (PRETTY_DEPTH + 2)  # [] innermost
+    assert indented(deep) == deep
+    assert indented("[1, 2") == "[1, 2"  # not JSON after all: as it is
+    assert indented('"a, b: [c]"') == '"a, b: [c]"'
+
+
+def test_a_password_held_as_surrogates_compares_as_its_bytes() -> None:
+    latin1 = "Basic " + base64.b64encode(b"u:p\xe4ss").decode()
+    assert credentials_match(latin1, "u", "p\udce4ss")
+    assert not credentials_match(basic("u", "anything"), "u", "p\udce4ss")
+
+
+def test_paths_hosts_and_the_cookie_name() -> None:
+    from pgbg.web.security import cookie_name, host_port, route_path
+
+    assert route_path({"path": "/admin/tasks/healthz", "root_path": "/admin/tasks"}) == \
+        "/healthz"
+    assert route_path({"path": "/admin/tasks", "root_path": "/admin/tasks"}) == "/"
+    assert route_path({"path": "/admin/tasksx", "root_path": "/admin/tasks"}) == \
+        "/admin/tasksx"
+    assert route_path({"path": "/healthz", "root_path": ""}) == "/healthz"
+    assert host_port("LocalHost:8477") == ("localhost", "8477")
+    assert host_port("[::1]:8477") == ("[::1]", "8477")
+    assert host_port("[::1]") == ("[::1]", None)
+    assert host_port("example.org") == ("example.org", None)
+    assert host_port(None) == ("", None)
+    assert cookie_name({"headers": [(b"host", b"127.0.0.1:8478")]}) == "pgbg_csrf_8478"
+    assert cookie_name({"headers": [(b"host", b"testserver")]}) == "pgbg_csrf"
+    assert cookie_name({"headers": []}) == "pgbg_csrf"
