@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 class TaskStatus(enum.StrEnum):
@@ -135,7 +134,10 @@ TIME_FIELDS = ("queued_at", "started_at", "finished_at", "cancel_requested_at", 
 @functools.cache
 def session_zone(name: str) -> tzinfo:
     """The zone of a session's ``TimeZone`` setting, as psycopg reads it: UTC when Python
-    does not know it."""
+    does not know it. (zoneinfo is imported here: the fork server, which loads this
+    module, must not pay for it, nor for the threading its import may load.)"""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     try:
         return ZoneInfo(name)
     except (ValueError, ZoneInfoNotFoundError):

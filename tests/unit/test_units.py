@@ -197,7 +197,7 @@ def test_the_fork_server_loads_neither_the_driver_nor_logging() -> None:
     import sys
 
     probe = ("import sys, pgbg.forkserver; "
-             "print(sorted({'psycopg', 'logging', 'threading'} & set(sys.modules)))")
+             "print(sorted({'psycopg', 'logging', 'threading', 'zoneinfo'} & set(sys.modules)))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             check=True).stdout.strip()
     assert loaded == "[]"
