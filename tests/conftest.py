@@ -154,6 +154,18 @@ def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
         yield connection
 
 
+def pgbg_connections(conn: psycopg.Connection[Any]) -> int:
+    """This process's pgbg connections to the test database (a worker's are named
+    ``pgbg worker …``)."""
+    from pgbg import db
+
+    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                       "AND datname = current_database()",
+                       (db.versioned_name("pgbg"),)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def count_tasks(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT count(*) FROM pgbg.task").fetchone()
     assert row is not None

@@ -15,9 +15,9 @@ import pgbg_test_tasks as tasks
 import psycopg
 import pytest
 import sqlalchemy as sa
-from conftest import WorkerProcess, alive, count_tasks, wait_for
+from conftest import WorkerProcess, alive, count_tasks, pgbg_connections, wait_for
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from test_waiting import MAX_CONNECTIONS, Waiters, _finish, _listener, _pgbg_connections
+from test_waiting import MAX_CONNECTIONS, Waiters, _finish, _listener
 
 import pgbg
 from pgbg import aio, db, waiters
@@ -247,12 +247,12 @@ def test_300_async_waiters_and_300_threads_share_a_handful_of_connections(
     ready.wait(timeout=60)
     wait_for(lambda: waiters.waiting_count() == 2 * count, timeout=60,
              message="every wait to be registered")
-    most = _pgbg_connections(conn)
+    most = pgbg_connections(conn)
     worker_process(4)
 
     def all_returned() -> bool:
         nonlocal most
-        most = max(most, _pgbg_connections(conn))
+        most = max(most, pgbg_connections(conn))
         return threads.done() and not loop.is_alive()
 
     wait_for(all_returned, timeout=300, message="every waiter to return")

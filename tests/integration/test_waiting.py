@@ -12,22 +12,13 @@ from typing import Any
 import pgbg_test_tasks as tasks
 import psycopg
 import pytest
-from conftest import WorkerProcess, wait_for
+from conftest import WorkerProcess, pgbg_connections, wait_for
 
 import pgbg
 from pgbg import db, waiters
 
 WAITERS = 300
 MAX_CONNECTIONS = 5  # the listener, the shared connection, and room to spare
-
-
-def _pgbg_connections(conn: psycopg.Connection[Any]) -> int:
-    """This process's pgbg connections (the worker's are named ``pgbg worker …``)."""
-    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
-                       "AND datname = current_database()",
-                       (db.versioned_name("pgbg"),)).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 class Waiters:
@@ -77,7 +68,7 @@ def test_300_waiters_share_a_handful_of_connections(
 
     def all_returned() -> bool:
         nonlocal most
-        most = max(most, _pgbg_connections(conn))
+        most = max(most, pgbg_connections(conn))
         return waiters.done()
 
     wait_for(all_returned, timeout=240, message="every waiter to return")
@@ -207,7 +198,7 @@ def test_poll_only_reads_every_waiter_in_one_statement(
 
     def all_returned() -> bool:
         nonlocal most
-        most = max(most, _pgbg_connections(conn))
+        most = max(most, pgbg_connections(conn))
         return waiting.done()
 
     _finish(conn, results, announce=False)  # poll-only: the row is the only signal

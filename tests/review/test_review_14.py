@@ -17,26 +17,12 @@ import pgbg_review_tasks as review_tasks
 import pgbg_test_tasks as tasks
 import psycopg
 import pytest
-from conftest import Driver, WorkerProcess, wait_for, worker_env
+from conftest import Driver, WorkerProcess, pgbg_connections, wait_for, worker_env
+from conftest import count_tasks as count
 from psycopg.rows import dict_row
 
 import pgbg
-from pgbg import aio, db
-
-
-def _pgbg_connections(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
-                       "AND datname = current_database()",
-                       (db.versioned_name("pgbg"),)).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def count(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT count(*) FROM pgbg.task").fetchone()
-    assert row is not None
-    return int(row[0])
-
+from pgbg import aio
 
 # -- async task functions --------------------------------------------------------------
 
@@ -82,11 +68,11 @@ def test_asyncio_run_repeatedly_does_not_leak_a_connection_per_loop(
         # concurrent calls: the loop's lock is contended
         await asyncio.gather(*(aio.get_task(queued) for _ in range(5)))
 
-    before = _pgbg_connections(conn)
+    before = pgbg_connections(conn)
     for _ in range(8):
         asyncio.run(calls())
     gc.collect()
-    leaked = _pgbg_connections(conn) - before
+    leaked = pgbg_connections(conn) - before
     assert leaked <= 1, f"{leaked} connections left open by 8 finished event loops"
 
 

@@ -10,17 +10,12 @@ from urllib.parse import urlsplit
 import pgbg_test_tasks as tasks
 import psycopg
 import pytest
+from conftest import count_tasks as count
 from psycopg.rows import dict_row
 
 import pgbg
 from pgbg import aio, db
 from pgbg.models import BackgroundTask
-
-
-def count(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT count(*) FROM pgbg.task").fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def _dbname(url: str) -> str:
