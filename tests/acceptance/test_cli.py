@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +69,19 @@ def test_migrate_sql_prints_ddl_without_a_database(tmp_path: Path) -> None:
     assert "CREATE FUNCTION pgbg.task_claim" in done.stdout
 
 
+@pytest.fixture
+def fresh_home() -> Iterator[Path]:
+    """An empty PGBG_HOME outside pytest's tmp_path: the embedded server runs as another
+    user, who must traverse its parents, and every pytest session that starts (another
+    suite on the same machine, say) resets /tmp/pytest-of-<user> to 0700."""
+    home = Path(tempfile.mkdtemp(prefix="pgbg-demo-home-"))
+    yield home / "home"
+    shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_demo_on_a_fresh_embedded_server(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_demo_on_a_fresh_embedded_server(tmp_path: Path, fresh_home: Path) -> None:
+    home = fresh_home
     done = run(["demo", "--tasks", "12"], _env(PGBG_HOME=str(home)), tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "what the task rows say" in done.stdout
