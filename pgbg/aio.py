@@ -164,12 +164,8 @@ async def run(operation: queries.Operation[T], connection: Any = None, *,
             except psycopg.OperationalError:
                 own.stale = True  # reconnect on the next call
                 raise
-            except BaseException:
-                # cancelled (or interrupted) mid-statement: the connection's state is
-                # unknown, so the next call starts on a new one
-                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                    own.stale = True
-                raise
+            # cancelled mid-statement, psycopg cancels the query and the connection is idle
+            # again (test_a_call_cancelled_mid_statement_leaves_the_next_one_working)
 
 
 async def drive(operation: queries.Operation[T], execute: AsyncExecute) -> T:
@@ -221,7 +217,7 @@ class _Own:
     conn: psycopg.AsyncConnection[Any] | None = None
     configured: int = -1  # db.configured() when it connected
     isolation: str | None = None  # the server's default_transaction_isolation
-    stale: bool = False  # its state is unknown (lost, or a statement cut short): replace it
+    stale: bool = False  # it was lost: replace it
     closer: AsyncGenerator[None, None] | None = None  # see ``_closer``
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:

@@ -64,15 +64,6 @@ def live_counts(conn: psycopg.Connection[Any]) -> dict[str, dict[str, int]]:
              GROUP BY 1, 2""").fetchall())
 
 
-def finished_counts(conn: psycopg.Connection[Any], window: float) -> dict[str, dict[str, int]]:
-    """Per type, the tasks that finished in the last ``window`` seconds, by status."""
-    return _by_type(conn.execute(
-        """SELECT task_type, status::text, count(*) FROM pgbg.task
-            WHERE finished_at IS NOT NULL
-              AND finished_at >= now() - make_interval(secs => %s)
-            GROUP BY 1, 2""", (window,)).fetchall())
-
-
 def counts(live: dict[str, dict[str, int]], finished: dict[str, dict[str, int]],
            window: float) -> Counts:
     """The live and the finished counts added up: a status can be in both (failed: those

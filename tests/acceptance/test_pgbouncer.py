@@ -239,3 +239,39 @@ def test_worker_no_listen_alone_makes_its_tasks_poll_only_too(
         assert pgbg.wait_task(result, timeout=120).result == {"listen": False, "prepare": False}
     finally:
         worker.stop()
+
+
+def test_the_async_api_through_pgbouncer(bounced: str, conn: psycopg.Connection[Any]) -> None:
+    """pgbg.aio's own connection and an application's AsyncConnection, behind a
+    transaction-pooling PgBouncer: nothing prepared, no session state, every call served."""
+    import asyncio
+
+    from pgbg import aio
+
+    worker = WorkerProcess(bounced, 2, "--no-listen", "--poll-interval", "0.2")
+
+    async def scenario() -> None:
+        # enough of each statement that psycopg would prepare it (its threshold is 5)
+        singles = [await aio.run_in_background(tasks.add, "add", i, i) for i in range(12)]
+        many = await aio.enqueue_many(tasks.add, [(i, 1) for i in range(12)], task_type="m")
+        removed = await aio.run_in_background_with_limits(tasks.add, "held", 0, {"x": 1}, 1, 1,
+                                                          priority=-9)
+        async with await psycopg.AsyncConnection.connect(bounced, prepare_threshold=None) as app:
+            async with app.transaction():
+                joined = await aio.enqueue(tasks.add, [20, 22], task_type="add",
+                                           connection=app)
+        assert any(q.task_id == str(removed.id) for q in await aio.get_queued_tasks())
+        await aio.remove_task_from_queue(removed)
+        for i, result in enumerate(singles):
+            assert (await aio.wait_task(result, timeout=120)).result == 2 * i
+        for i, result in enumerate(many):
+            assert (await result.aget(timeout=120)) == i + 1
+        assert await joined.aget(timeout=120) == 42
+        assert (await aio.get_task(removed)).status is pgbg.TaskStatus.CANCELLED
+        await aio.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        worker.stop()
+    assert not any("prepared statement" in line for line in worker.log), worker.log
